@@ -1,0 +1,21 @@
+"""eprjax: Exhaustive Photon Restoration on JAX.
+
+The public API; everything else lives in private modules.
+"""
+
+import importlib.metadata
+
+from ._errors import EprjaxError as EprjaxError
+from ._errors import FileFormatError as FileFormatError
+from ._errors import MissingFileError as MissingFileError
+from ._errors import ParameterError as ParameterError
+from ._image import Image as Image
+from ._io import read as read
+from ._io import write as write
+from ._micromanager import Acquisition as Acquisition
+from ._micromanager import find_acquisitions as find_acquisitions
+
+try:
+    __version__ = importlib.metadata.version("eprjax")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"

@@ -1,0 +1,349 @@
+"""Micro-Manager acquisitions: found in a folder, split into one stack per position and channel.
+
+Micro-Manager saves an acquisition in one of two ways (micro-manager.org, "Micro-Manager File
+Formats" and "Files and Metadata"):
+
+- image stack files: ``<prefix>_MMStack_<position>.ome.tif``, one per XY position, continued in
+  ``<prefix>_MMStack_<position>_1.ome.tif`` and so on past 4 GB; OME-TIFF, with Micro-Manager's
+  own summary and index map in the real thing;
+- separate image files: a folder (per position, e.g. ``Pos0``) of single-plane TIFFs with a
+  ``metadata.txt`` (JSON: a "Summary" with ``PixelSize_um``, ``z-step_um``, ``ChNames``, ...,
+  and one entry per plane), named ``img_<time:9>_<channel>_<z:3>.tif`` (1.4) or
+  ``img_channel<c>_position<p>_time<t>_z<z>.tif`` (2.0).
+
+Each (position, channel) becomes one `Acquisition`: a (T, Z, Y, X) stack with its voxel size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from ._errors import EprjaxError, FileFormatError, MissingFileError
+from ._image import Image, VoxelSize
+from ._tiff import _child, _merge, _ome_image, _ome_voxel, _um
+
+_MMSTACK = re.compile(r"^(?P<prefix>.*)_MMStack(?P<rest>.*?)\.(?:ome\.)?tiff?$", re.IGNORECASE)
+_CONTINUATION = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)(?P<ext>\.(?:ome\.)?tiff?)$", re.IGNORECASE)
+_SEQ_20 = re.compile(
+    r"^img_channel(?P<c>\d+)_position(?P<p>\d+)_time(?P<t>\d+)_z(?P<z>\d+)\.tiff?$", re.IGNORECASE
+)
+_SEQ_14 = re.compile(r"^img_(?P<t>\d+)_(?P<name>.+)_(?P<z>\d+)\.tiff?$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+    """One position and one channel of a Micro-Manager acquisition: a (T, Z, Y, X) stack.
+
+    Attributes:
+        name: the acquisition's name (Micro-Manager's prefix).
+        position: the XY position's label (``Pos0`` when there is one position).
+        channel: the channel's name.
+        source: the file or folder the pixels come from.
+        shape: (T, Z, Y, X).
+        dtype: the pixels' type as acquired.
+        voxel_size_um: (z, y, x) in micrometres; None where the metadata do not say.
+    """
+
+    name: str
+    position: str
+    channel: str
+    source: Path
+    shape: tuple[int, int, int, int]
+    dtype: np.dtype
+    voxel_size_um: VoxelSize
+    _load: Callable[[], np.ndarray] = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def output_name(self) -> str:
+        """``<name>_<position>_<channel>``, with characters unsafe in file names replaced."""
+        return "_".join(_safe(part) for part in (self.name, self.position, self.channel))
+
+    def read(self) -> Image:
+        """Load the pixels: (T, Z, Y, X), or (Z, Y, X) when there is one time point."""
+        data = self._load()
+        if data.shape[0] == 1:
+            data = data[0]
+        return Image(data, voxel_size_um=self.voxel_size_um)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-.") or "x"
+
+
+# -- image stack files ----------------------------------------------------------------------
+
+
+def _is_continuation(path: Path) -> bool:
+    match = _CONTINUATION.match(path.name)
+    return bool(match) and (path.parent / (match["stem"] + match["ext"])).exists()
+
+
+def _channel_names(summary: dict[str, Any], count: int) -> list[str]:
+    names = summary.get("ChNames")
+    if isinstance(names, list) and len(names) >= count:
+        return [str(n) for n in names[:count]]
+    return [f"Channel{i}" for i in range(count)]
+
+
+def _summary_voxel(summary: dict[str, Any]) -> VoxelSize:
+    pixel = _um(summary.get("PixelSize_um"))
+    return (_um(summary.get("z-step_um")), pixel, pixel)
+
+
+def _split(
+    data_of: Callable[[], np.ndarray], axes: str, shape: tuple[int, ...]
+) -> dict[tuple[int, int], Callable[[], np.ndarray]]:
+    """Loaders, one per (position, channel), each giving (T, Z, Y, X), for a series with the
+    (unsqueezed) ``axes`` and ``shape``; R is tifffile's letter for positions."""
+    sizes = dict(zip(axes, shape, strict=True))
+    if sizes.get("S", 1) > 1:
+        raise FileFormatError(f"RGB or multi-sample planes are not supported (axes {axes})")
+    extra = [a for a in axes if a not in "TRZCYXS" and sizes[a] > 1]
+    if extra:
+        raise FileFormatError(f"unsupported axes {axes} ({''.join(extra)})")
+
+    def loader(r: int, c: int) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            data = np.asarray(data_of()).reshape(shape)
+            index = tuple(
+                r if a == "R" else c if a == "C" else slice(None) if a in "TZYX" else 0 for a in axes
+            )
+            data, kept = data[index], [a for a in axes if a in "TZYX"]
+            for a in "TZ":
+                if a not in kept:
+                    data, kept = data[np.newaxis], [a, *kept]
+            return np.transpose(data, [kept.index(a) for a in "TZYX"])
+
+        return load
+
+    return {(r, c): loader(r, c) for r in range(sizes.get("R", 1)) for c in range(sizes.get("C", 1))}
+
+
+def _mmstack(files: list[Path]) -> list[Acquisition]:
+    """The acquisitions in one group of stack files (one prefix, one folder)."""
+    out: list[Acquisition] = []
+    prefix = _MMSTACK.match(files[0].name)["prefix"]  # type: ignore[index]
+    for path in files:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_mmstack:
+                # Micro-Manager's own index map: tifffile reads all files of this prefix as
+                # one series with the positions as axis R.
+                meta = tif.micromanager_metadata or {}
+                summary = meta.get("Summary") or {}
+                series = tif.series[0]
+                axes, shape = series.get_axes(False), tuple(series.get_shape(False))
+                sizes = dict(zip(axes, shape, strict=True))
+                channels = _channel_names(summary, sizes.get("C", 1))
+                labels = _position_labels(summary, sizes.get("R", 1))
+                voxel = _merge(_summary_voxel(summary), _ome_voxel(_ome_image(tif, 0) if tif.is_ome else None))
+                dtype = np.dtype(series.dtype)
+                tshape = (sizes.get("T", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
+
+                def data_of(path: Path = path) -> np.ndarray:
+                    with tifffile.TiffFile(path) as t:
+                        return t.series[0].asarray()
+
+                for (r, c), load in _split(data_of, axes, shape).items():
+                    out.append(Acquisition(prefix, labels[r], channels[c], path, tshape, dtype, voxel, load))
+                return out  # the other files of the group are in this series
+            for index, series in enumerate(tif.series):
+                if series.pages[0] is None or series.pages[0].parent.filehandle.path != tif.filehandle.path:
+                    continue  # a series whose pixels live in another file of the group
+                axes, shape = series.get_axes(False), tuple(series.get_shape(False))
+                sizes = dict(zip(axes, shape, strict=True))
+                ome = _ome_image(tif, index) if tif.is_ome else None
+                channels = _ome_channel_names(ome, sizes.get("C", 1))
+                label = _ome_position_label(ome, path, prefix)
+                voxel = _ome_voxel(ome)
+                dtype = np.dtype(series.dtype)
+                tshape = (sizes.get("T", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
+
+                def data_of(path: Path = path, index: int = index) -> np.ndarray:
+                    with tifffile.TiffFile(path) as t:
+                        return t.series[index].asarray()
+
+                for (r, c), load in _split(data_of, axes, shape).items():
+                    position = label if sizes.get("R", 1) == 1 else f"{label}-{r}"
+                    out.append(Acquisition(prefix, position, channels[c], path, tshape, dtype, voxel, load))
+    return out
+
+
+def _position_labels(summary: dict[str, Any], count: int) -> list[str]:
+    for key in ("StagePositions", "InitialPositionList"):
+        positions = summary.get(key)
+        if isinstance(positions, list) and len(positions) >= count:
+            labels = [p.get("Label") if isinstance(p, dict) else None for p in positions[:count]]
+            if all(isinstance(label, str) and label for label in labels):
+                return labels  # type: ignore[return-value]
+    return [f"Pos{i}" for i in range(count)]
+
+
+def _ome_channel_names(ome: Any, count: int) -> list[str]:
+    names: list[str] = []
+    pixels = None if ome is None else _child(ome, "Pixels")
+    if pixels is not None:
+        names = [ch.attrib.get("Name", "") for ch in pixels if ch.tag.rsplit("}", 1)[-1] == "Channel"]
+    if len(names) == count and all(names):
+        return names
+    return [f"Channel{i}" for i in range(count)]
+
+
+def _ome_position_label(ome: Any, path: Path, prefix: str) -> str:
+    rest = _MMSTACK.match(path.name)["rest"].strip("_")  # type: ignore[index]
+    if rest:
+        return rest
+    name = None if ome is None else ome.attrib.get("Name")
+    return name if name and not name.startswith(prefix) else "Pos0"
+
+
+# -- separate image files -------------------------------------------------------------------
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        # Micro-Manager 1.4 sometimes leaves a comma before a closing brace
+        try:
+            value = json.loads(re.sub(r",\s*([}\]])", r"\1", text))
+        except ValueError as e:
+            raise FileFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise FileFormatError(f"{path}: expected a JSON object")
+    return value
+
+
+def _sequence(folder: Path) -> list[Acquisition]:
+    """The acquisitions in one folder of single-plane TIFFs with a metadata.txt."""
+    meta = _load_json(folder / "metadata.txt")
+    summary = meta.get("Summary") if isinstance(meta.get("Summary"), dict) else {}
+    names = summary.get("ChNames") if isinstance(summary.get("ChNames"), list) else []
+    planes: dict[tuple[int, str, int], Path] = {}  # (t, channel, z)
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+            continue
+        m20, m14 = _SEQ_20.match(path.name), _SEQ_14.match(path.name)
+        if m20:
+            c = int(m20["c"])
+            channel = str(names[c]) if c < len(names) else f"Channel{c}"
+            planes[(int(m20["t"]), channel, int(m20["z"]))] = path
+        elif m14:
+            planes[(int(m14["t"]), m14["name"], int(m14["z"]))] = path
+    if not planes:
+        return []
+    channels = sorted({c for _, c, _ in planes}, key=lambda c: (names.index(c) if c in names else len(names), c))
+    times = sorted({t for t, _, _ in planes})
+    slices = sorted({z for _, _, z in planes})
+    complete = [t for t in times if all((t, c, z) in planes for c in channels for z in slices)]
+    # a stopped acquisition ends with an incomplete time point: keep the complete ones
+    if not complete or complete != times[: len(complete)]:
+        missing = next((t, c, z) for t in times for c in channels for z in slices if (t, c, z) not in planes)
+        raise FileFormatError(
+            f"{folder}: plane missing: time {missing[0]}, channel {missing[1]}, z {missing[2]}"
+        )
+    first = tifffile.TiffFile(next(iter(planes.values())))
+    with first:
+        page = first.pages.first
+        ny, nx, dtype = page.shape[0], page.shape[1], np.dtype(page.dtype)
+        if len(page.shape) != 2:
+            raise FileFormatError(f"{first.filehandle.path}: expected single-plane grayscale images")
+    voxel = _merge(_summary_voxel(summary), _frame_voxel(meta))
+    prefix = summary.get("Prefix")
+    acquisition, position = _names(folder, prefix if isinstance(prefix, str) and prefix else None)
+    out = []
+    for channel in channels:
+
+        def load(channel: str = channel) -> np.ndarray:
+            stack = np.empty((len(complete), len(slices), ny, nx), dtype)
+            for i, t in enumerate(complete):
+                for j, z in enumerate(slices):
+                    plane = tifffile.imread(planes[(t, channel, z)])
+                    if plane.shape != (ny, nx):
+                        raise FileFormatError(
+                            f"{planes[(t, channel, z)]}: plane of shape {plane.shape}, expected {(ny, nx)}"
+                        )
+                    stack[i, j] = plane
+            return stack
+
+        shape = (len(complete), len(slices), ny, nx)
+        out.append(Acquisition(acquisition, position, channel, folder, shape, dtype, voxel, load))
+    return out
+
+
+def _frame_voxel(meta: dict[str, Any]) -> VoxelSize:
+    """Pixel size and z step from the per-plane entries, where the summary lacks them."""
+    pixel, zs = None, {}
+    for key, value in meta.items():
+        if key == "Summary" or not isinstance(value, dict):
+            continue
+        pixel = pixel or _um(value.get("PixelSizeUm"))
+        z_index = value.get("SliceIndex", value.get("ZIndex"))
+        z_um = value.get("ZPositionUm")
+        if isinstance(z_index, int) and isinstance(z_um, (int, float)) and math.isfinite(z_um):
+            zs.setdefault(z_index, float(z_um))
+    step = None
+    if len(zs) > 1:
+        ordered = [zs[k] for k in sorted(zs)]
+        step = _um(abs(ordered[-1] - ordered[0]) / (len(ordered) - 1))
+    return (step, pixel, pixel)
+
+
+def _names(folder: Path, prefix: str | None) -> tuple[str, str]:
+    """(acquisition, position) for a folder of planes: ``Acq/Pos0`` or ``Acq`` itself."""
+    if prefix:
+        is_position = folder.name != prefix
+    else:
+        siblings = sum(1 for _ in folder.parent.glob("*/metadata.txt"))
+        is_position = bool(re.match(r"^(Pos\d|Default$)", folder.name)) or siblings > 1
+    if not is_position:
+        return prefix or folder.name, "Pos0"
+    return prefix or folder.parent.name, "Pos0" if folder.name == "Default" else folder.name
+
+
+# -- finding them ---------------------------------------------------------------------------
+
+
+def find_acquisitions(directory: str | os.PathLike[str]) -> list[Acquisition]:
+    """Every Micro-Manager acquisition under ``directory`` (searched recursively), one
+    `Acquisition` per position and channel, in a stable order; nothing is loaded yet.
+
+    ``directory`` may also be one ``*_MMStack_*.ome.tif`` file.
+    """
+    root = Path(directory)
+    if not root.exists():
+        raise MissingFileError(f"{root}: no such directory")
+    stacks: dict[tuple[Path, str], list[Path]] = {}
+    folders: list[Path] = []
+    candidates: Iterable[Path] = [root] if root.is_file() else sorted(root.rglob("*"))
+    for path in candidates:
+        if path.is_file() and _MMSTACK.match(path.name) and not _is_continuation(path):
+            stacks.setdefault((path.parent, _MMSTACK.match(path.name)["prefix"]), []).append(path)  # type: ignore[index]
+        elif path.name == "metadata.txt" and path.is_file():
+            folders.append(path.parent)
+    out: list[Acquisition] = []
+    for (_, _), files in sorted(stacks.items()):
+        try:
+            out.extend(_mmstack(sorted(files)))
+        except EprjaxError:
+            raise
+        except Exception as e:
+            raise FileFormatError(f"{files[0]}: cannot read as a Micro-Manager stack ({type(e).__name__}: {e})") from None
+    for folder in folders:
+        try:
+            out.extend(_sequence(folder))
+        except EprjaxError:
+            raise
+        except Exception as e:
+            raise FileFormatError(f"{folder}: cannot read as Micro-Manager image files ({type(e).__name__}: {e})") from None
+    return out
