@@ -64,6 +64,10 @@ class _Run:
 RUN = _Run()
 
 
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM inside a command."""
+
+
 def history_line() -> str:
     """The history line for this run: ``* <command> <arguments as given>``."""
     return "* " + " ".join([RUN.prog, *(shlex.quote(a) for a in RUN.argv)])
@@ -94,8 +98,11 @@ class Command(typer.core.TyperCommand):
                 i += 1 if "=" in arg else 1 + takes[name]
                 continue
             if arg.startswith("-") and len(arg) > 1 and not _NUMBER.match(arg):
-                close = get_close_matches(name, [n for n in takes if n not in HELP_OPTIONS], n=3, cutoff=0.6)
+                flags = {n.lower(): n for n in takes if n not in HELP_OPTIONS}
+                close = [flags[n] for n in get_close_matches(name.lower(), flags, n=3, cutoff=0.6)]
                 hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                if name.lower() in flags:
+                    hint = f" (flags are case-sensitive: did you mean {flags[name.lower()]}?)"
                 raise click_exceptions.UsageError(f"unknown flag {name}{hint}", ctx=ctx)
             i += 1
         return super().parse_args(ctx, args)
@@ -124,7 +131,10 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, verbose: bool = False, debug: bool = False, **kwargs: Any) -> Any:
         RUN.verbose, RUN.debug = verbose or debug, debug
         _configure_logging(debug=debug, verbose=verbose)
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _Interrupted from None  # typer would swallow a KeyboardInterrupt silently
 
     extra = [
         inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Verbose),
@@ -230,7 +240,7 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
         return _fail(e.format_message() + hint, e.exit_code)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         return _fail("interrupted; no partial output was left", 130)
     except eprjax.EprjaxError as e:
         if RUN.debug:

@@ -266,7 +266,7 @@ def write(
     except EprjaxError:
         raise
     except PermissionError:
-        raise ParameterError(f"{target}: permission denied") from None
+        raise EprjaxError(f"{target}: permission denied") from None
     except OSError as e:
-        raise ParameterError(f"{target}: cannot write ({e.strerror or e})") from None
+        raise EprjaxError(f"{target}: cannot write ({e.strerror or e})") from None
     return target

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
 from ._errors import EprjaxError, FileFormatError, MissingFileError
 from ._image import Image, VoxelSize
-from ._tiff import _child, _merge, _ome_image, _ome_voxel, _um
+from ._tiff import _child, _merge, _ome_image, _ome_voxel, _um, open_tiff
 
 _MMSTACK = re.compile(r"^(?P<prefix>.*)_MMStack(?P<rest>.*?)\.(?:ome\.)?tiff?$", re.IGNORECASE)
 _CONTINUATION = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)(?P<ext>\.(?:ome\.)?tiff?)$", re.IGNORECASE)
@@ -129,12 +128,14 @@ def _split(
     return {(r, c): loader(r, c) for r in range(sizes.get("R", 1)) for c in range(sizes.get("C", 1))}
 
 
-def _mmstack(files: list[Path]) -> list[Acquisition]:
-    """The acquisitions in one group of stack files (one prefix, one folder)."""
+def _mmstack(files: list[Path], continuations: list[Path]) -> list[Acquisition]:
+    """The acquisitions in one group of stack files (one prefix, one folder); the
+    continuation files must be part of the series the main files describe."""
     out: list[Acquisition] = []
+    covered: set[str] = set()
     prefix = _MMSTACK.match(files[0].name)["prefix"]  # type: ignore[index]
     for path in files:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             if tif.is_mmstack:
                 # Micro-Manager's own index map: tifffile reads all files of this prefix as
                 # one series with the positions as axis R.
@@ -150,7 +151,7 @@ def _mmstack(files: list[Path]) -> list[Acquisition]:
                 tshape = (sizes.get("T", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
 
                 def data_of(path: Path = path) -> np.ndarray:
-                    with tifffile.TiffFile(path) as t:
+                    with open_tiff(path) as t:
                         return t.series[0].asarray()
 
                 for (r, c), load in _split(data_of, axes, shape).items():
@@ -159,6 +160,7 @@ def _mmstack(files: list[Path]) -> list[Acquisition]:
             for index, series in enumerate(tif.series):
                 if series.pages[0] is None or series.pages[0].parent.filehandle.path != tif.filehandle.path:
                     continue  # a series whose pixels live in another file of the group
+                covered.update(p.parent.filehandle.path for p in series.pages if p is not None)
                 axes, shape = series.get_axes(False), tuple(series.get_shape(False))
                 sizes = dict(zip(axes, shape, strict=True))
                 ome = _ome_image(tif, index) if tif.is_ome else None
@@ -169,12 +171,17 @@ def _mmstack(files: list[Path]) -> list[Acquisition]:
                 tshape = (sizes.get("T", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
 
                 def data_of(path: Path = path, index: int = index) -> np.ndarray:
-                    with tifffile.TiffFile(path) as t:
+                    with open_tiff(path) as t:
                         return t.series[index].asarray()
 
                 for (r, c), load in _split(data_of, axes, shape).items():
                     position = label if sizes.get("R", 1) == 1 else f"{label}-{r}"
                     out.append(Acquisition(prefix, position, channels[c], path, tshape, dtype, voxel, load))
+    for extra in continuations:
+        if os.fspath(extra.resolve()) not in {os.fspath(Path(c).resolve()) for c in covered}:
+            raise FileFormatError(
+                f"{extra}: looks like a continuation of a stack, but no stack's metadata refers to it"
+            )
     return out
 
 
@@ -252,12 +259,12 @@ def _sequence(folder: Path) -> list[Acquisition]:
         raise FileFormatError(
             f"{folder}: plane missing: time {missing[0]}, channel {missing[1]}, z {missing[2]}"
         )
-    first = tifffile.TiffFile(next(iter(planes.values())))
-    with first:
-        page = first.pages.first
-        ny, nx, dtype = page.shape[0], page.shape[1], np.dtype(page.dtype)
+    first = next(iter(planes.values()))
+    with open_tiff(first) as tif:
+        page = tif.pages.first
         if len(page.shape) != 2:
-            raise FileFormatError(f"{first.filehandle.path}: expected single-plane grayscale images")
+            raise FileFormatError(f"{first}: expected single-plane grayscale images")
+        (ny, nx), dtype = page.shape, np.dtype(page.dtype)
     voxel = _merge(_summary_voxel(summary), _frame_voxel(meta))
     prefix = summary.get("Prefix")
     acquisition, position = _names(folder, prefix if isinstance(prefix, str) and prefix else None)
@@ -268,7 +275,8 @@ def _sequence(folder: Path) -> list[Acquisition]:
             stack = np.empty((len(complete), len(slices), ny, nx), dtype)
             for i, t in enumerate(complete):
                 for j, z in enumerate(slices):
-                    plane = tifffile.imread(planes[(t, channel, z)])
+                    with open_tiff(planes[(t, channel, z)]) as tif:
+                        plane = tif.asarray()
                     if plane.shape != (ny, nx):
                         raise FileFormatError(
                             f"{planes[(t, channel, z)]}: plane of shape {plane.shape}, expected {(ny, nx)}"
@@ -323,18 +331,22 @@ def find_acquisitions(directory: str | os.PathLike[str]) -> list[Acquisition]:
     root = Path(directory)
     if not root.exists():
         raise MissingFileError(f"{root}: no such directory")
-    stacks: dict[tuple[Path, str], list[Path]] = {}
+    stacks: dict[tuple[Path, str], tuple[list[Path], list[Path]]] = {}
     folders: list[Path] = []
     candidates: Iterable[Path] = [root] if root.is_file() else sorted(root.rglob("*"))
     for path in candidates:
-        if path.is_file() and _MMSTACK.match(path.name) and not _is_continuation(path):
-            stacks.setdefault((path.parent, _MMSTACK.match(path.name)["prefix"]), []).append(path)  # type: ignore[index]
+        match = _MMSTACK.match(path.name)
+        if match and path.is_file():
+            main, continued = stacks.setdefault((path.parent, match["prefix"]), ([], []))
+            (continued if _is_continuation(path) else main).append(path)
         elif path.name == "metadata.txt" and path.is_file():
             folders.append(path.parent)
     out: list[Acquisition] = []
-    for (_, _), files in sorted(stacks.items()):
+    for (_, _), (files, continuations) in sorted(stacks.items()):
+        if not files:
+            continue
         try:
-            out.extend(_mmstack(sorted(files)))
+            out.extend(_mmstack(sorted(files), continuations))
         except EprjaxError:
             raise
         except Exception as e:

