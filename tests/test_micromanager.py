@@ -122,6 +122,20 @@ def test_image_stack_files(tmp_path: Path) -> None:
             assert img.voxel_size_um == acq.voxel_size_um
 
 
+def test_all_positions_in_one_file(tmp_path: Path) -> None:
+    """Micro-Manager's option to save every position in one file: one OME image each."""
+    with tifffile.TiffWriter(tmp_path / "grid_MMStack_Pos0.ome.tif", ome=True) as tif:
+        for p, name in enumerate(["1-Pos_000_000", "1-Pos_000_001"]):
+            tif.write(_stack(p), photometric="minisblack", metadata={
+                "axes": "TZCYX", "Name": name, "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
+                "Channel": {"Name": ["DAPI", "GFP"]}})
+    found = _by_name(eprjax.find_acquisitions(tmp_path))
+    # "_" separates the parts of a name, so inside a part it becomes "-"
+    assert sorted(found) == [f"grid_1-Pos-000-00{p}_{c}" for p in (0, 1) for c in ("DAPI", "GFP")]
+    np.testing.assert_array_equal(np.asarray(found["grid_1-Pos-000-001_GFP"].read()), _stack(1)[:, :, 1])
+    assert found["grid_1-Pos-000-001_GFP"].voxel_size_um == (None, 0.2, 0.2)
+
+
 def test_continued_stack_is_one_acquisition(tmp_path: Path) -> None:
     data = make_multifile(tmp_path / "big")
     (acq,) = eprjax.find_acquisitions(tmp_path)

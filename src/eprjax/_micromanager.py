@@ -64,7 +64,8 @@ class Acquisition:
 
     @property
     def output_name(self) -> str:
-        """``<name>_<position>_<channel>``, with characters unsafe in file names replaced."""
+        """``<name>_<position>_<channel>``; within each part anything but letters, digits,
+        ``.``, ``+`` and ``-`` becomes ``-``, so that ``_`` only separates the parts."""
         return "_".join(_safe(part) for part in (self.name, self.position, self.channel))
 
     def read(self) -> Image:
@@ -99,33 +100,45 @@ def _summary_voxel(summary: dict[str, Any]) -> VoxelSize:
     return (_um(summary.get("z-step_um")), pixel, pixel)
 
 
-def _split(
-    data_of: Callable[[], np.ndarray], axes: str, shape: tuple[int, ...]
-) -> dict[tuple[int, int], Callable[[], np.ndarray]]:
-    """Loaders, one per (position, channel), each giving (T, Z, Y, X), for a series with the
-    (unsqueezed) ``axes`` and ``shape``; R is tifffile's letter for positions."""
+def _stacks(
+    path: Path, index: int, axes: str, shape: tuple[int, ...]
+) -> dict[tuple[int, int], tuple[tuple[int, int, int, int], Callable[[], np.ndarray]]]:
+    """For each (position, channel) of series ``index`` of the file at ``path`` (unsqueezed
+    ``axes`` and ``shape``; R is tifffile's letter for positions): its (T, Z, Y, X) shape and
+    a loader that reads only its own planes."""
     sizes = dict(zip(axes, shape, strict=True))
     if sizes.get("S", 1) > 1:
-        raise FileFormatError(f"RGB or multi-sample planes are not supported (axes {axes})")
-    extra = [a for a in axes if a not in "TRZCYXS" and sizes[a] > 1]
-    if extra:
-        raise FileFormatError(f"unsupported axes {axes} ({''.join(extra)})")
+        raise FileFormatError(f"{path}: RGB or multi-sample planes are not supported (axes {axes})")
+    plane_axes = axes[: axes.index("Y")]
+    extra = [a for a in plane_axes if a not in "TRZC" and sizes[a] > 1]
+    if extra or axes[axes.index("Y") :].replace("S", "") != "YX":
+        raise FileFormatError(f"{path}: unsupported axes {axes}")
+    plane_shape = tuple(sizes[a] for a in plane_axes)
+    kept = [a for a in plane_axes if a in "TZ"]
+    tzyx = (sizes.get("T", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
 
     def loader(r: int, c: int) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
-            data = np.asarray(data_of()).reshape(shape)
-            index = tuple(
-                r if a == "R" else c if a == "C" else slice(None) if a in "TZYX" else 0 for a in axes
+            grids = np.meshgrid(
+                *(np.arange(n) if a in "TZ" else np.array([r if a == "R" else c if a == "C" else 0])
+                  for a, n in zip(plane_axes, plane_shape, strict=True)),
+                indexing="ij",
             )
-            data, kept = data[index], [a for a in axes if a in "TZYX"]
+            pages = np.ravel_multi_index([g.ravel() for g in grids], plane_shape).tolist() if plane_axes else [0]
+            with open_tiff(path) as tif:
+                data = tif.asarray(key=pages, series=index)
+            data = data.reshape(*(sizes[a] for a in kept), sizes["Y"], sizes["X"])
+            order = kept + ["Y", "X"]
             for a in "TZ":
-                if a not in kept:
-                    data, kept = data[np.newaxis], [a, *kept]
-            return np.transpose(data, [kept.index(a) for a in "TZYX"])
+                if a not in order:
+                    data, order = data[np.newaxis], [a, *order]
+            return np.transpose(data, [order.index(a) for a in "TZYX"])
 
         return load
 
-    return {(r, c): loader(r, c) for r in range(sizes.get("R", 1)) for c in range(sizes.get("C", 1))}
+    return {
+        (r, c): (tzyx, loader(r, c)) for r in range(sizes.get("R", 1)) for c in range(sizes.get("C", 1))
+    }
 
 
 def _mmstack(files: list[Path], continuations: list[Path]) -> list[Acquisition]:
@@ -139,23 +152,16 @@ def _mmstack(files: list[Path], continuations: list[Path]) -> list[Acquisition]:
             if tif.is_mmstack:
                 # Micro-Manager's own index map: tifffile reads all files of this prefix as
                 # one series with the positions as axis R.
-                meta = tif.micromanager_metadata or {}
-                summary = meta.get("Summary") or {}
+                summary = (tif.micromanager_metadata or {}).get("Summary") or {}
                 series = tif.series[0]
                 axes, shape = series.get_axes(False), tuple(series.get_shape(False))
                 sizes = dict(zip(axes, shape, strict=True))
                 channels = _channel_names(summary, sizes.get("C", 1))
                 labels = _position_labels(summary, sizes.get("R", 1))
-                voxel = _merge(_summary_voxel(summary), _ome_voxel(_ome_image(tif, 0) if tif.is_ome else None))
-                dtype = np.dtype(series.dtype)
-                tshape = (sizes.get("T", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
-
-                def data_of(path: Path = path) -> np.ndarray:
-                    with open_tiff(path) as t:
-                        return t.series[0].asarray()
-
-                for (r, c), load in _split(data_of, axes, shape).items():
-                    out.append(Acquisition(prefix, labels[r], channels[c], path, tshape, dtype, voxel, load))
+                ome = _ome_image(tif, 0) if tif.is_ome else None
+                voxel = _merge(_summary_voxel(summary), _ome_voxel(ome))
+                for (r, c), (tzyx, load) in _stacks(path, 0, axes, shape).items():
+                    out.append(Acquisition(prefix, labels[r], channels[c], path, tzyx, np.dtype(series.dtype), voxel, load))
                 return out  # the other files of the group are in this series
             for index, series in enumerate(tif.series):
                 if series.pages[0] is None or series.pages[0].parent.filehandle.path != tif.filehandle.path:
@@ -165,18 +171,10 @@ def _mmstack(files: list[Path], continuations: list[Path]) -> list[Acquisition]:
                 sizes = dict(zip(axes, shape, strict=True))
                 ome = _ome_image(tif, index) if tif.is_ome else None
                 channels = _ome_channel_names(ome, sizes.get("C", 1))
-                label = _ome_position_label(ome, path, prefix)
-                voxel = _ome_voxel(ome)
-                dtype = np.dtype(series.dtype)
-                tshape = (sizes.get("T", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
-
-                def data_of(path: Path = path, index: int = index) -> np.ndarray:
-                    with open_tiff(path) as t:
-                        return t.series[index].asarray()
-
-                for (r, c), load in _split(data_of, axes, shape).items():
+                label = _ome_position_label(ome, path, prefix, index, len(tif.series))
+                for (r, c), (tzyx, load) in _stacks(path, index, axes, shape).items():
                     position = label if sizes.get("R", 1) == 1 else f"{label}-{r}"
-                    out.append(Acquisition(prefix, position, channels[c], path, tshape, dtype, voxel, load))
+                    out.append(Acquisition(prefix, position, channels[c], path, tzyx, np.dtype(series.dtype), _ome_voxel(ome), load))
     for extra in continuations:
         if os.fspath(extra.resolve()) not in {os.fspath(Path(c).resolve()) for c in covered}:
             raise FileFormatError(
@@ -205,12 +203,16 @@ def _ome_channel_names(ome: Any, count: int) -> list[str]:
     return [f"Channel{i}" for i in range(count)]
 
 
-def _ome_position_label(ome: Any, path: Path, prefix: str) -> str:
+def _ome_position_label(ome: Any, path: Path, prefix: str, index: int, count: int) -> str:
+    """A stack file's position: from its name when it holds one position (``..._Pos3``),
+    else from each OME image's name, else ``Pos<index>``."""
     rest = _MMSTACK.match(path.name)["rest"].strip("_")  # type: ignore[index]
-    if rest:
+    if count == 1 and rest:
         return rest
     name = None if ome is None else ome.attrib.get("Name")
-    return name if name and not name.startswith(prefix) else "Pos0"
+    if name and not name.startswith(prefix) and not re.fullmatch(r"Image\d*", name):
+        return name
+    return f"Pos{index}"
 
 
 # -- separate image files -------------------------------------------------------------------
