@@ -14,6 +14,9 @@ from ._io import read as read
 from ._io import write as write
 from ._micromanager import Acquisition as Acquisition
 from ._micromanager import find_acquisitions as find_acquisitions
+from ._restore import History as History
+from ._restore import Solution as Solution
+from ._restore import restore as restore
 
 try:
     __version__ = importlib.metadata.version("eprjax")
