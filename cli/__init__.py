@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from . import _frame
 from ._convert import convert
+from ._epr import epr, gpu_epr
 from ._mmtoi2i import mmtoi2i
 
 app = _frame.new_app(
@@ -18,8 +19,12 @@ app = _frame.new_app(
     "eprjax: Exhaustive Photon Restoration on JAX. Each command also runs under its own name "
     "(mmtoi2i, ...), with the original programs' flags.",
 )
+_frame.register(app, epr, "epr")
+_frame.register(app, gpu_epr, "gpu_epr")
 _frame.register(app, convert, "convert")
 _frame.register(app, mmtoi2i, "mmtoi2i")
+
+SCRIPTS = {"epr": epr, "epr_i2i": epr, "gpu_epr": gpu_epr, "mmtoi2i": mmtoi2i}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,6 +32,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(_frame.run(app, "eprjax", argv))
 
 
+def _script(name: str, argv: Sequence[str] | None) -> None:
+    sys.exit(_frame.run(_frame.single_app(SCRIPTS[name], name), name, argv))
+
+
+def epr_main(argv: Sequence[str] | None = None) -> None:
+    """The ``epr`` console script."""
+    _script("epr", argv)
+
+
+def epr_i2i_main(argv: Sequence[str] | None = None) -> None:
+    """The ``epr_i2i`` console script (the original's other name for epr)."""
+    _script("epr_i2i", argv)
+
+
+def gpu_epr_main(argv: Sequence[str] | None = None) -> None:
+    """The ``gpu_epr`` console script."""
+    _script("gpu_epr", argv)
+
+
 def mmtoi2i_main(argv: Sequence[str] | None = None) -> None:
     """The ``mmtoi2i`` console script."""
-    sys.exit(_frame.run(_frame.single_app(mmtoi2i, "mmtoi2i"), "mmtoi2i", argv))
+    _script("mmtoi2i", argv)

@@ -169,12 +169,22 @@ def _configure_logging(*, debug: bool, verbose: bool) -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_eprjax_cli", False):
             root.removeHandler(handler)
+            handler.close()
     handler = logging.StreamHandler(sys.stderr)
     handler._eprjax_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(_Formatter())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
     root.propagate = False
+
+
+def log_to_file(path: str | os.PathLike[str]) -> None:
+    """Also write the log (all of it, debug included) to ``path``."""
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler._eprjax_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger("eprjax").addHandler(handler)
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,8 +59,8 @@ MESSAGES = {
     ),
 }
 
-# Called from inside the iteration with (iteration, relative gradient, dual objective, step,
-# active fraction), each a NumPy scalar.
+# Called as the iteration goes with (iterations done, relative gradient, dual objective, last
+# step, active fraction), NumPy values.
 ProgressCallback = Callable[[Any, Any, Any, Any, Any], None]
 
 
@@ -148,29 +149,53 @@ def _vdot(x, y):
     return jnp.sum(x * y)
 
 
-def _solve_one(g, otf, lam, tol, max_iterations, *, grid: Grid, history_length: int, callback):
+class _State(eqx.Module):
+    """The iteration's state: c and H^T c, the gradient, the direction d and H^T d, and
+    what the last iteration did (for reports)."""
+
+    k: Int[Array, ""]
+    c: Float[Array, "z y x"]
+    u: Float[Array, "oz oy ox"]
+    grad: Float[Array, "z y x"]
+    d: Float[Array, "z y x"]
+    v: Float[Array, "oz oy ox"]
+    gg: Float[Array, ""]
+    scale: Float[Array, ""]  # ||g||, the gradient's yardstick
+    last: tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""]]  # objective, step, active fraction
+    hist: tuple[Float[Array, " n"], ...]
+
+    @property
+    def relative_gradient(self):
+        return jnp.sqrt(self.gg) / self.scale
+
+
+def _start(g, otf, *, grid: Grid, history_length: int) -> _State:
+    """c = 0: f = 0, the gradient is -g, and the first direction is steepest descent."""
     dtype = g.dtype
-    g_norm = jnp.sqrt(_vdot(g, g))
-    scale = jnp.maximum(g_norm, jnp.finfo(dtype).tiny)
-    c = jnp.zeros_like(g)
-    u = jnp.zeros(grid.object_shape, dtype)
+    scale = jnp.maximum(jnp.sqrt(_vdot(g, g)), jnp.finfo(dtype).tiny)
     grad = -g
     w = adjoint(otf, grad, grid)
-    d, v = -grad, -w
     gg = _vdot(grad, grad)
-    n = history_length
-    nan = jnp.full((n + 1,), jnp.nan, dtype)
-    hist = (nan, nan, nan, nan)
-    if n:
-        hist = tuple(h.at[0].set(x) for h, x in zip(hist, (0.0, jnp.sqrt(gg) / scale, 0.0, 0.0), strict=True))
+    zero = jnp.zeros((), dtype)
+    hist = tuple(jnp.full((history_length + 1,), jnp.nan, dtype) for _ in range(4))
+    if history_length:
+        hist = tuple(h.at[0].set(x) for h, x in zip(hist, (zero, jnp.sqrt(gg) / scale, zero, zero), strict=True))
+    return _State(
+        k=jnp.asarray(0), c=jnp.zeros_like(g), u=jnp.zeros(grid.object_shape, dtype), grad=grad,
+        d=-grad, v=-w, gg=gg, scale=scale, last=(zero, zero, zero), hist=hist,
+    )
 
-    def cond(s):
-        k, c, u, grad, d, v, gg, hist = s
-        rel = jnp.sqrt(gg) / scale
-        return (k < max_iterations) & (rel >= tol) & jnp.isfinite(rel)
 
-    def body(s):
-        k, c, u, grad, d, v, gg, hist = s
+def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool) -> _State:
+    """Iterate until converged, or until ``until`` iterations are done in all."""
+    dtype = g.dtype
+
+    def cond(s: _State):
+        rel = s.relative_gradient
+        return (s.k < until) & (rel >= tol) & jnp.isfinite(rel)
+
+    def body(s: _State) -> _State:
+        k, c, u, grad, d, v, gg = s.k, s.c, s.u, s.grad, s.d, s.v, s.gg
         a = lam * _vdot(c, d) - _vdot(g, d)
         b = lam * _vdot(d, d)
         t = _line_search(u, v, a, b)
@@ -184,36 +209,98 @@ def _solve_one(g, otf, lam, tol, max_iterations, *, grid: Grid, history_length: 
         d, v = -new + beta * d, -w + beta * v
         restart = _vdot(new, d) >= 0
         d, v = jnp.where(restart, -new, d), jnp.where(restart, -w, v)
-        if n or callback is not None:
-            rel = jnp.sqrt(gg_new) / scale
+        last, hist = s.last, s.hist
+        if track:
             objective = 0.5 * _vdot(f, f) + 0.5 * lam * _vdot(c, c) - _vdot(g, c)
-            active = jnp.mean((u > 0).astype(dtype))
-            if n:
-                hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, (objective, rel, t, active), strict=True))
-            if callback is not None:
-                jax.debug.callback(callback, k + 1, rel, objective, t, active)
-        return k + 1, c, u, new, d, v, gg_new, hist
+            last = (objective, t, jnp.mean((u > 0).astype(dtype)))
+            if hist[0].shape[0] > 1:
+                values = (objective, jnp.sqrt(gg_new) / s.scale, t, last[2])
+                hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, values, strict=True))
+        return _State(k=k + 1, c=c, u=u, grad=new, d=d, v=v, gg=gg_new, scale=s.scale, last=last, hist=hist)
 
-    k, c, u, grad, d, v, gg, hist = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), c, u, grad, d, v, gg, hist)
-    )
-    rel = jnp.sqrt(gg) / scale
+    return jax.lax.while_loop(cond, body, state)
+
+
+def _finish(state: _State, otf, tol, *, grid: Grid):
+    """f = max(0, H^T c) from c itself (not the running u), the iterations, the result."""
+    rel = state.relative_gradient
     result = jnp.where(~jnp.isfinite(rel), NONFINITE, jnp.where(rel < tol, CONVERGED, MAX_ITERATIONS))
-    f = jnp.maximum(adjoint(otf, c, grid), 0)[grid.data_slices]
-    return f, k, rel, result, hist
+    f = jnp.maximum(adjoint(otf, state.c, grid), 0)[grid.data_slices]
+    return f, state.k, rel, result, state.hist
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "history_length", "callback"))
-def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length: int, callback):
+def _prepare(data, psf, alpha, grid: Grid):
     otf, s = psf_otf(psf, grid)
-    lam = (alpha * s * s).astype(data.dtype)
-    one = functools.partial(
-        _solve_one, otf=otf, lam=lam, tol=tol, max_iterations=max_iterations,
-        grid=grid, history_length=history_length, callback=callback,
-    )
-    for _ in range(data.ndim - 3):  # leading batch axes: volumes restored side by side
+    return otf, (alpha * s * s).astype(data.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "history_length"))
+def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length: int):
+    """The whole restoration, one compiled region."""
+    otf, lam = _prepare(data, psf, alpha, grid)
+
+    def one(g):
+        state = _start(g, otf, grid=grid, history_length=history_length)
+        state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
+        return _finish(state, otf, tol, grid=grid)
+
+    for _ in range(data.ndim - 3):
         one = jax.vmap(one)
     return one(data)
+
+
+# The same restoration in steps, for progress reports between them (a callback inside the
+# compiled loop would keep it out of the persistent compilation cache).
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "history_length"))
+def _solve_start(data, psf, alpha, *, grid: Grid, history_length: int):
+    otf, lam = _prepare(data, psf, alpha, grid)
+    start = functools.partial(_start, otf=otf, grid=grid, history_length=history_length)
+    for _ in range(data.ndim - 3):
+        start = jax.vmap(start)
+    return start(data), otf, lam
+
+
+@functools.partial(jax.jit, static_argnames=("grid",))
+def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid):
+    def advance(state, g):
+        return _advance(state, g, otf, lam, tol, until, grid=grid, track=True)
+
+    for _ in range(data.ndim - 3):
+        advance = jax.vmap(advance)
+    return advance(state, data)
+
+
+@functools.partial(jax.jit, static_argnames=("grid",))
+def _solve_finish(state, otf, tol, *, grid: Grid):
+    finish = functools.partial(_finish, otf=otf, tol=tol, grid=grid)
+    for _ in range(state.c.ndim - 3):
+        finish = jax.vmap(finish)
+    return finish(state)
+
+
+def _solve_reporting(data, psf, alpha, tol, max_iterations: int, callback, interval: float | None, *, grid: Grid, history_length: int):
+    """`_solve`, in chunks of iterations with ``callback`` called after each: every
+    iteration, or (``interval`` seconds) as many iterations as take about that long."""
+    state, otf, lam = _solve_start(data, psf, alpha, grid=grid, history_length=history_length)
+    chunk, done = 1, 0
+    while True:
+        began = time.perf_counter()
+        until = min(done + chunk, max_iterations)
+        state = _solve_advance(state, data, otf, lam, tol, jnp.asarray(until), grid=grid)
+        k = int(np.max(np.asarray(state.k)))
+        rel = np.max(np.asarray(state.relative_gradient))
+        objective, step, active = (np.asarray(x) for x in state.last)
+        if k > done:
+            callback(k, rel, objective, step, active)
+        if k < until or k >= max_iterations or not np.all(np.isfinite(np.asarray(state.relative_gradient))):
+            break  # converged (or broke down) before the chunk's end, or at the cap
+        if interval is not None:
+            per = (time.perf_counter() - began) / max(k - done, 1)
+            chunk = max(1, min(1000, int(interval / max(per, 1e-6))))
+        done = k
+    return _solve_finish(state, otf, tol, grid=grid)
 
 
 def _float_dtype(*arrays: jax.Array) -> jnp.dtype:
@@ -260,6 +347,7 @@ def restore(
     pad: int | Sequence[int] | None = None,
     history: bool = False,
     callback: ProgressCallback | None = None,
+    callback_interval: float | None = None,
     throw: bool = True,
 ) -> Solution:
     """Restore a 3-D image by EPR: regularised, non-negative least squares (DESIGN.md §2).
@@ -280,8 +368,12 @@ def restore(
             which light from outside the field is modelled. None: half the PSF's support
             (rounded up to FFT-friendly sizes); 0: the periodic model on the data grid.
         history: also return the per-iteration record (`History`).
-        callback: called from inside the iteration with (iteration, relative gradient, dual
-            objective, step, active fraction): for progress reports.
+        callback: for progress reports: called as the iteration goes with (iterations done,
+            relative gradient, dual objective, last step, active fraction), NumPy values
+            (arrays over a batch). The compiled iteration then runs in chunks, the callback
+            called between them; not under a JAX transformation.
+        callback_interval: with ``callback``: call it about this often, in seconds (None:
+            after every iteration).
         throw: raise `EprjaxError` if the iteration broke down (non-finite values).
 
     Returns:
@@ -321,10 +413,19 @@ def restore(
         pad = default_pad(np.asarray(h), g.shape[-3:])
     grid = make_grid(g.shape[-3:], _pad3(pad))
     alpha_array = jnp.asarray(alpha, dtype)
-    f, k, rel, result, hist = _solve(
-        g, h, alpha_array, jnp.asarray(tol, dtype), jnp.asarray(max_iterations),
-        grid=grid, history_length=int(max_iterations) if history else 0, callback=callback,
-    )
+    history_length = int(max_iterations) if history else 0
+    tol_array = jnp.asarray(tol, dtype)
+    if callback is None:
+        f, k, rel, result, hist = _solve(
+            g, h, alpha_array, tol_array, jnp.asarray(max_iterations), grid=grid, history_length=history_length
+        )
+    else:
+        if not all(_concrete(x) for x in (g, h, alpha_array)):
+            raise ParameterError("a callback cannot be used under a JAX transformation (jit, grad, vmap)")
+        f, k, rel, result, hist = _solve_reporting(
+            g, h, alpha_array, tol_array, int(max_iterations), callback, callback_interval,
+            grid=grid, history_length=history_length,
+        )
     solution = Solution(
         value=f,
         iterations=k,

@@ -1,0 +1,289 @@
+"""``epr``, ``epr_i2i`` and ``gpu_epr``: the restoration, with the original programs' flags."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import jax
+import numpy as np
+import typer
+
+import eprjax
+from eprjax._operator import describe as describe_grid
+from eprjax._restore import check_psf
+
+from ._convert import describe
+from ._frame import RUN, check_output, command, history_line, log_to_file
+
+log = logging.getLogger("eprjax")
+
+VOXEL_TOLERANCE = 0.01  # PSF and data voxel sizes may differ by this fraction
+
+
+def enable_compilation_cache() -> Path:
+    """Keep compiled restorations on disk, so that the next run on the same shape starts at
+    once: in $EPRJAX_CACHE_DIR, or the user's cache folder."""
+    folder = os.environ.get("EPRJAX_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "eprjax", "jax")
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.warning("no compilation cache (%s: %s)", path, e.strerror)
+        return path
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def select_device(name: str | None, *, gpu: bool) -> jax.Device:
+    """The device to run on: ``cpu``, ``gpu``, ``gpu:N`` (also ``cuda:N``) or an index into
+    all devices; ``gpu`` insists on a GPU."""
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:
+        gpus = []
+    if gpu and not gpus:
+        raise eprjax.EprjaxError(
+            "no GPU: JAX sees only " + ", ".join(sorted({d.platform for d in jax.devices()}))
+            + " (install JAX with CUDA, e.g. pip install 'jax[cuda12]', or run epr on the CPU)"
+        )
+    if name is None:
+        return gpus[0] if gpu else jax.devices()[0]
+    kind, _, number = name.lower().partition(":")
+    if kind.isdigit() and not number:
+        devices, index = jax.devices(), int(kind)
+    elif kind in ("gpu", "cuda"):
+        devices, index = gpus, int(number or 0) if (number or "0").isdigit() else -1
+    elif kind == "cpu":
+        devices, index = jax.devices("cpu"), int(number or 0) if (number or "0").isdigit() else -1
+    else:
+        raise eprjax.ParameterError(f"-device: unknown device {name!r}; use cpu, gpu, gpu:N or a device number")
+    if gpu and devices and devices[0].platform != "gpu":
+        raise eprjax.ParameterError(f"-device {name}: gpu_epr runs on a GPU; use epr for the CPU")
+    if not 0 <= index < len(devices):
+        have = ", ".join(str(d) for d in jax.devices()) or "none"
+        raise eprjax.ParameterError(f"-device: no device {name!r} (JAX sees: {have})")
+    return devices[index]
+
+
+def check_voxel_sizes(data: eprjax.Image, psf: eprjax.Image, psf_name: str) -> None:
+    for axis, a, b in zip("zyx", data.voxel_size_um, psf.voxel_size_um, strict=True):
+        if a is not None and b is not None and abs(a - b) > VOXEL_TOLERANCE * max(a, b):
+            raise eprjax.ParameterError(
+                f"{psf_name}: the PSF's voxel size along {axis} is {b:.4g} um, the data's {a:.4g} um; "
+                "acquire or prepare the PSF at the data's sampling"
+            )
+
+
+class Progress:
+    """Reports the iteration as it goes: a progress line with -V, every iteration with -D."""
+
+    def __init__(self, max_iterations: int, tol: float, label: str) -> None:
+        self.max_iterations, self.tol, self.label = max_iterations, tol, label
+        self.start = time.perf_counter()
+        self.first: float | None = None  # when the first iteration ended (after compiling)
+        self.shown = 0.0
+        self.tty = sys.stderr.isatty()
+        self.recent: list[tuple[int, float]] = []
+        self.last: tuple[int, float] = (0, math.nan)
+
+    def __call__(self, k, rel, objective, step, active) -> None:
+        now = time.perf_counter()
+        k, rel = int(k), float(rel)
+        if self.first is None:
+            self.first = now
+        self.last = (k, rel)
+        self.recent = [*self.recent[-19:], (k, math.log(max(rel, 1e-30)))]
+        log.debug(
+            "%siteration %d: objective %.6e, relative gradient %.3e, step %.3e, active %.1f%%",
+            self.label, k, float(objective), rel, float(step), 100 * float(active),
+        )
+        if RUN.verbose and not RUN.debug and (now - self.shown > (0.2 if self.tty else 10.0)):
+            self.shown = now
+            self._show(k, rel, now)
+
+    def remaining(self, k: int, now: float) -> float:
+        """Seconds left: the iterations the recent convergence rate still needs (at most the
+        cap), at the recent pace."""
+        if self.first is None or k < 2:
+            return math.nan
+        per_iteration = (now - self.first) / max(k - 1, 1)
+        left = self.max_iterations - k
+        if len(self.recent) >= 5:
+            (k0, l0), (k1, l1) = self.recent[0], self.recent[-1]
+            slope = (l1 - l0) / max(k1 - k0, 1)
+            if slope < 0:
+                left = min(left, max(0, math.ceil((math.log(self.tol) - l1) / slope)))
+        return left * per_iteration
+
+    def _show(self, k: int, rel: float, now: float) -> None:
+        width = 24
+        done = min(width, int(width * k / self.max_iterations))
+        eta = self.remaining(k, now)
+        text = (
+            f"{RUN.prog}: {self.label}[{'#' * done}{'.' * (width - done)}] iteration {k}/{self.max_iterations}, "
+            f"relative gradient {rel:.2e} (target {self.tol:.0e}), {now - self.start:.1f} s"
+            + ("" if math.isnan(eta) else f", about {eta:.0f} s left")
+        )
+        print(("\r" + text + "\x1b[K") if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def finish(self, solution: eprjax.Solution) -> str:
+        now = time.perf_counter()
+        if RUN.verbose and not RUN.debug and self.first is not None:
+            self._show(*self.last, now)
+            if self.tty:
+                print(file=sys.stderr)
+        k = int(np.max(np.asarray(solution.iterations)))
+        rel = float(np.max(np.asarray(solution.relative_gradient)))
+        compile_s = (self.first or now) - self.start
+        per = (now - (self.first or now)) / max(k - 1, 1)
+        state = "converged" if bool(np.all(np.asarray(solution.converged))) else "not converged"
+        return (
+            f"{self.label}{k} iterations, relative gradient {rel:.2e} ({state}), "
+            f"{now - self.start:.1f} s ({compile_s:.1f} s to the first iteration, then {1000 * per:.1f} ms per iteration)"
+        )
+
+
+def _run(
+    input: str,
+    output: str,
+    psf: str,
+    smoothness: float,
+    iterations: int,
+    convergence: float,
+    pad: tuple[int, int] | None,
+    device: str | None,
+    *,
+    gpu: bool,
+) -> None:
+    if not math.isfinite(smoothness) or smoothness < 0:
+        raise typer.BadParameter(f"alpha must be >= 0, got {smoothness}", param_hint="-smoothness/-sm")
+    if iterations < 1:
+        raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
+    if not 0 < convergence < 1:
+        raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
+    if pad is not None and min(pad) < 0:
+        raise typer.BadParameter(f"voxels must be >= 0, got {pad[0]} {pad[1]}", param_hint="-pad")
+    target = check_output(output, input, psf)
+    if RUN.debug:
+        log_to_file(str(target) + ".log")
+        log.debug("the log also goes to %s.log", target)
+    chosen = select_device(device, gpu=gpu)
+    cache = enable_compilation_cache()
+    image = eprjax.read(input)
+    psf_image = eprjax.read(psf)
+    log.info("read %s: %s", input, describe(image))
+    log.info("read %s: %s", psf, describe(psf_image))
+    if psf_image.ndim == 4:
+        raise eprjax.ParameterError(f"{psf}: the PSF has {psf_image.shape[0]} volumes; give one")
+    check_voxel_sizes(image, psf_image, psf)
+    h = np.asarray(psf_image.data, dtype=np.float32)
+    if h.ndim == 2:
+        h = h[None]
+    check_psf(h, psf)
+    data = np.asarray(image.data, dtype=np.float32)
+    if data.ndim == 2:
+        data = data[None]
+    volumes = data[None] if data.ndim == 3 else data
+    if not np.all(np.isfinite(volumes)):
+        raise eprjax.ParameterError(f"{input}: the data hold NaN or infinite values")
+    log.info("device %s; compilation cache %s", chosen, cache)
+    pad_zyx = None if pad is None else (pad[1], pad[0], pad[0])
+    restored = []
+    done = 0
+    with jax.default_device(chosen):
+        for index, volume in enumerate(volumes):
+            label = f"volume {index + 1}/{len(volumes)}: " if len(volumes) > 1 else ""
+            progress = Progress(iterations, convergence, label)
+            solution = eprjax.restore(
+                volume, h, alpha=smoothness, tol=convergence, max_iterations=iterations,
+                pad=pad_zyx, callback=progress if RUN.verbose else None,
+                callback_interval=None if RUN.debug else 0.25,
+            )
+            if index == 0:
+                log.info("%s", describe_grid(solution.grid))
+            log.info("%s", progress.finish(solution))
+            done = max(done, int(np.max(np.asarray(solution.iterations))))
+            if not bool(np.all(np.asarray(solution.converged))):
+                log.info("%s", solution.message)
+            restored.append(np.asarray(solution.value))
+    result = np.stack(restored) if len(restored) > 1 else restored[0]
+    out = image.replace(data=result).add_history(
+        history_line(), f"epr: alpha {smoothness:g}, {done} iterations, {describe_grid(solution.grid)}"
+    )
+    written = eprjax.write(target, out)
+    log.info("wrote %s", written)
+
+
+Input = Annotated[str, typer.Argument(metavar="IN", help="Image to restore (.i2i, .tif, .ome.tif; no ending means .i2i).")]
+Output = Annotated[str, typer.Argument(metavar="OUT", help="Restored image to write (float32).")]
+PsfFile = Annotated[str, typer.Option("-psf", help="The prepared PSF (from preppsf): origin at the centre, same voxel size as the data.")]
+Smoothness = Annotated[
+    float,
+    typer.Option(
+        "-smoothness", "-sm",
+        help="alpha, the smoothness: a noise-to-signal power ratio, >= 0. Smaller is sharper and noisier; "
+        "RNL^2 from prepdata is a good first value (e.g. 0.0005).",
+    ),
+]
+Iterations = Annotated[int, typer.Option("-iterations", "-it", help="The most iterations to run if not converged.")]
+Convergence = Annotated[
+    float,
+    typer.Option(
+        "-convergence", "-co",
+        help="Stop when the relative gradient falls below this: 0.001 is 90-95 % converged, 0.00001 true convergence.",
+    ),
+]
+Pad = Annotated[
+    tuple[int, int] | None,
+    typer.Option(
+        "-pad", metavar="XY Z",
+        help="Voxels added on each side in XY and in Z, where light from outside the field is modelled "
+        "(default: half the PSF's support, rounded up to FFT-friendly sizes; 0 0: periodic, no padding).",
+    ),
+]
+Device = Annotated[str | None, typer.Option("-device", help="Run on this device: cpu, gpu, gpu:N, or a device number.")]
+
+
+@command
+def epr(
+    input: Input,
+    output: Output,
+    psf: PsfFile,
+    smoothness: Smoothness,
+    iterations: Iterations = 300,
+    convergence: Convergence = 0.001,
+    pad: Pad = None,
+    device: Device = None,
+) -> None:
+    """Restore a 3-D image: regularised, non-negative least squares (Exhaustive Photon Restoration).
+
+    The data may hold several volumes (T), restored one after another. Runs on the first
+    device JAX offers (a GPU when there is one) unless -device says otherwise.
+    """
+    _run(input, output, psf, smoothness, iterations, convergence, pad, device, gpu=False)
+
+
+@command
+def gpu_epr(
+    input: Input,
+    output: Output,
+    psf: PsfFile,
+    smoothness: Smoothness,
+    iterations: Iterations = 300,
+    convergence: Convergence = 0.001,
+    pad: Pad = None,
+    device: Device = None,
+) -> None:
+    """Restore a 3-D image on a GPU (as epr, but refuses to run without one)."""
+    _run(input, output, psf, smoothness, iterations, convergence, pad, device, gpu=True)

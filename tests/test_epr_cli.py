@@ -1,0 +1,149 @@
+"""epr, epr_i2i and gpu_epr on the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import eprjax
+from eprjax.cli import epr_i2i_main, epr_main, gpu_epr_main, main
+
+from .conftest import script
+from .test_restore import blurred, gaussian_psf, scene
+
+VOXEL = (0.25, 0.187, 0.187)
+
+
+def run(entry, argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        entry(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+@pytest.fixture
+def prepared(workdir: Path, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
+    monkeypatch.setenv("EPRJAX_CACHE_DIR", str(workdir / "cache"))
+    psf = gaussian_psf((11, 11, 11), (2.0, 1.5, 1.5))
+    g = (blurred(scene((10, 24, 24)), psf) * 100).astype(np.float32)
+    eprjax.write("psf_prep.i2i", psf, voxel_size_um=VOXEL)
+    eprjax.write("image_prep.i2i", g, voxel_size_um=VOXEL, history=["* prepdata -bg_ref 5 5 3 -norm first image.i2i image_prep.i2i"])
+    return g, psf
+
+
+def test_the_seed_command(prepared, capsys) -> None:
+    g, psf = prepared
+    argv = "-V -D -psf psf_prep.i2i -smoothness 0.0005 -iterations 250 image_prep.i2i image_prep_restored.i2i".split()
+    code, err = run(epr_main, argv, capsys)
+    assert code == 0, err
+    out = eprjax.read("image_prep_restored.i2i")
+    want = eprjax.restore(g, psf, alpha=5e-4, max_iterations=250)
+    np.testing.assert_allclose(np.asarray(out), want.value, rtol=1e-4, atol=1e-4 * float(want.value.max()))
+    assert out.voxel_size_um == pytest.approx(VOXEL)
+    assert out.history[0].startswith("* prepdata")
+    assert out.history[1] == "* epr " + " ".join(argv)
+    assert out.history[2].startswith(f"epr: alpha 0.0005, {int(want.iterations)} iterations, 10x24x24 data in a")
+    assert Path("image_prep_restored.i2i").read_bytes()[:1] == b"R"
+    log = Path("image_prep_restored.i2i.log").read_text()
+    assert f"iteration {int(want.iterations)}: objective" in log and "active" in log
+    assert "read image_prep.i2i: ZYX 10x24x24" in log
+    assert f"{int(want.iterations)} iterations, relative gradient" in err
+
+
+def test_flags_and_aliases(prepared, capsys) -> None:
+    code, err = run(epr_i2i_main, ["-psf", "psf_prep", "-sm", "1e-3", "-it", "3", "-co", "0.5", "-pad", "0", "0", "image_prep", "r"], capsys)
+    assert code == 0, err
+    code, err = run(main, ["epr", "-psf", "psf_prep", "-sm", "1e-3", "-it", "3", "-pad", "2", "1", "image_prep", "r2"], capsys)
+    assert code == 0, err
+    assert "periodic" in eprjax.read("r").history[-1]
+    assert "pad z 1+" in eprjax.read("r2").history[-1] and "y 2+" in eprjax.read("r2").history[-1]
+
+
+def test_several_volumes(prepared, capsys) -> None:
+    g, psf = prepared
+    eprjax.write("two.i2i", np.stack([g, 3 * g]))
+    code, err = run(epr_main, ["-psf", "psf_prep", "-sm", "1e-2", "two", "two_r"], capsys)
+    assert code == 0, err
+    out = np.asarray(eprjax.read("two_r"))
+    assert out.shape == (2, *g.shape)
+    np.testing.assert_allclose(out[1], 3 * out[0], rtol=1e-3, atol=1e-3 * out.max())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-sm", "-0.1"], "alpha must be >= 0, got -0.1"),
+        (["-sm", "0.1", "-it", "0"], "Invalid value for -iterations/-it: must be >= 1"),
+        (["-sm", "0.1", "-co", "1.5"], "Invalid value for -convergence/-co: must be between 0 and 1"),
+        (["-sm", "0.1", "-co", "0"], "must be between 0 and 1"),
+        (["-sm", "0.1", "-pad", "-1", "2"], "Invalid value for -pad: voxels must be >= 0"),
+        (["-sm", "abc"], "Invalid value for '-smoothness' / '-sm'"),
+        (["-sm", "0.1", "-device", "tpu"], "-device: unknown device 'tpu'"),
+        (["-sm", "0.1", "-device", "7"], "-device: no device '7'"),
+        ([], "Missing option '-smoothness' / '-sm'"),
+    ],
+)
+def test_bad_values(prepared, capsys, extra, message) -> None:
+    code, err = run(epr_main, ["-psf", "psf_prep", *extra, "image_prep", "out"], capsys)
+    assert code in (1, 2) and err.count("\n") == 1 and message in err, err
+    assert not Path("out.i2i").exists()
+
+
+def test_missing_psf_flag(prepared, capsys) -> None:
+    code, err = run(epr_main, ["-sm", "0.1", "image_prep", "out"], capsys)
+    assert code == 2 and "Missing option '-psf'" in err
+
+
+@pytest.mark.parametrize(
+    ("psf_change", "message"),
+    [
+        (lambda h: h - h.max() / 10, "psf_bad has negative values"),
+        (lambda h: np.where(h == h.max(), np.nan, h), "psf_bad holds NaN or infinite values"),
+        (lambda h: 0 * h, "psf_bad sums to zero"),
+    ],
+)
+def test_bad_psf(prepared, capsys, psf_change, message) -> None:
+    _, psf = prepared
+    eprjax.write("psf_bad.i2i", psf_change(psf))
+    code, err = run(epr_main, ["-psf", "psf_bad", "-sm", "0.1", "image_prep", "out"], capsys)
+    assert code == 1 and message in err and err.count("\n") == 1, err
+
+
+def test_voxel_sizes_must_agree(prepared, capsys) -> None:
+    _, psf = prepared
+    eprjax.write("psf_other.i2i", psf, voxel_size_um=(0.3, 0.187, 0.187))
+    code, err = run(epr_main, ["-psf", "psf_other", "-sm", "0.1", "image_prep", "out"], capsys)
+    assert code == 1
+    assert "psf_other: the PSF's voxel size along z is 0.3 um, the data's 0.25 um" in err
+
+
+def test_refuses_to_overwrite_inputs(prepared, capsys) -> None:
+    code, err = run(epr_main, ["-psf", "psf_prep", "-sm", "0.1", "image_prep", "psf_prep.i2i"], capsys)
+    assert code == 1 and "refusing to write over the input psf_prep" in err
+
+
+@pytest.mark.skipif(any(d.platform == "gpu" for d in jax.devices()), reason="a GPU is present")
+def test_gpu_epr_needs_a_gpu(prepared, capsys) -> None:
+    code, err = run(gpu_epr_main, ["-psf", "psf_prep", "-sm", "0.1", "image_prep", "out"], capsys)
+    assert code == 1
+    assert err.startswith("gpu_epr: error: no GPU: JAX sees only cpu")
+    assert not Path("out.i2i").exists()
+
+
+@pytest.mark.parametrize("verbose", [[], ["-V"]], ids=["quiet", "verbose"])
+def test_second_run_does_not_compile_again(prepared, verbose) -> None:
+    """The compiled restoration is kept on disk: a second process on the same shape finds it."""
+    epr = script("epr")
+    env = {**os.environ, "EPRJAX_CACHE_DIR": str(Path("cache").resolve())}
+    argv = [epr, *verbose, "-psf", "psf_prep", "-sm", "1e-3", "image_prep", "out"]
+    first = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    entries = set(os.listdir("cache"))
+    assert any("solve" in e for e in entries)
+    second = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert second.returncode == 0, second.stderr
+    assert set(os.listdir("cache")) == entries
