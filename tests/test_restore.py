@@ -130,12 +130,19 @@ def test_non_negative_and_dual_objective_never_rises(problem) -> None:
     sol = eprjax.restore(g, psf, alpha=1e-3, tol=1e-5, max_iterations=1000, history=True)
     assert np.asarray(sol.value).min() >= 0
     n = int(sol.iterations)
-    objective = np.asarray(sol.history.objective)[: n + 1]
-    assert np.all(np.isfinite(objective)) and np.all(np.isnan(np.asarray(sol.history.objective)[n + 1 :]))
-    rises = np.diff(objective)
-    assert rises.max() <= 1e-6 * abs(objective[-1]), rises.max()
+    objective = np.asarray(sol.history.objective)
+    assert np.all(np.isfinite(objective[: n + 1])) and np.all(np.isnan(objective[n + 1 :]))
     active = np.asarray(sol.history.active_fraction)[1 : n + 1]
     assert 0 < active.min() and active.max() <= 1
+    # In float32 the objective's own rounding shows near the end; in float64 it never rises.
+    with jax.enable_x64(True):
+        sol = eprjax.restore(g.astype(np.float64), psf.astype(np.float64), alpha=1e-3, tol=1e-9, max_iterations=1000, history=True)
+        assert sol.value.dtype == np.float64
+        n = int(sol.iterations)
+        objective = np.asarray(sol.history.objective)[: n + 1]
+    rises = np.diff(objective)
+    assert rises.max() <= 1e-12 * abs(objective[-1]), rises.max()
+    assert n > 20 and objective[-1] < objective[1] < 0
 
 
 def test_scales_with_the_data(problem) -> None:

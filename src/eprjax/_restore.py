@@ -111,47 +111,49 @@ class Solution(eqx.Module):
         return MESSAGES[int(np.max(np.asarray(self.result)))]
 
 
-def _line_search(u, v, a, b):
-    """The step t minimising phi(t) = Phi(c + t d), from the slope
-    phi'(t) = sum max(0, u + t v) v + a + t b and its right derivative."""
-    dtype = u.dtype
-    tiny = jnp.finfo(dtype).tiny
+def _sums(*terms):
+    """Several sums over the same grid in one pass (one variadic reduction)."""
+    zero = jnp.zeros((), terms[0].dtype)
+    return jax.lax.reduce(
+        terms, (zero,) * len(terms), lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
+        tuple(range(terms[0].ndim)),
+    )
 
-    def slope(t):
-        w = u + t * v
-        first = jnp.sum(jnp.where(w > 0, w * v, 0)) + a + t * b
-        second = jnp.sum(jnp.where((w > 0) | ((w == 0) & (v > 0)), v * v, 0)) + b
-        return first, jnp.maximum(second, tiny)
 
-    p0, q0 = slope(jnp.zeros((), dtype))
-    inf = jnp.asarray(jnp.inf, dtype)
+def _slope_terms(w, v):
+    """sum max(0, w) v and the sum of v^2 where w > 0 (or w = 0 and v > 0: the slope's
+    right derivative), over the object grid."""
+    return _sums(jnp.where(w > 0, w * v, 0), jnp.where((w > 0) | ((w == 0) & (v > 0)), v * v, 0))
+
+
+def _refine_step(u, v, a, b, t, p, q, p0):
+    """Bracketed Newton steps on the slope phi'(t) = sum max(0, u + t v) v + a + t b, from
+    a first step t (slope p, right derivative q) that was not exact because the active set
+    changed along it. Returns the step."""
+    tiny = jnp.finfo(u.dtype).tiny
+    zero = jnp.zeros((), u.dtype)
+    lo, hi = jnp.where(p < 0, t, zero), jnp.where(p > 0, t, jnp.asarray(jnp.inf, u.dtype))
 
     def cond(s):
         j, t, p, q, lo, hi = s
-        return (j < LINE_SEARCH_STEPS) & (jnp.abs(p) > LINE_SEARCH_TOLERANCE * jnp.abs(p0)) & (p0 < 0)
+        return (j < LINE_SEARCH_STEPS) & (jnp.abs(p) > LINE_SEARCH_TOLERANCE * jnp.abs(p0))
 
     def body(s):
         j, t, p, q, lo, hi = s
-        lo = jnp.where(p < 0, t, lo)
-        hi = jnp.where(p > 0, t, hi)
         newton = t - p / q
         bisect = jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), 2 * jnp.maximum(t, newton))
         t = jnp.where((newton > lo) & (newton < hi), newton, bisect)
-        p, q = slope(t)
+        first, second = _slope_terms(u + t * v, v)
+        p, q = first + a + t * b, jnp.maximum(second + b, tiny)
+        lo, hi = jnp.where(p < 0, t, lo), jnp.where(p > 0, t, hi)
         return j + 1, t, p, q, lo, hi
 
-    zero = jnp.zeros((), dtype)
-    _, t, *_ = jax.lax.while_loop(cond, body, (0, zero, p0, q0, zero, inf))
-    return jnp.where(p0 < 0, t, zero)
-
-
-def _vdot(x, y):
-    return jnp.sum(x * y)
+    return jax.lax.while_loop(cond, body, (0, t, p, q, lo, hi))[1]
 
 
 class _State(eqx.Module):
-    """The iteration's state: c and H^T c, the gradient, the direction d and H^T d, and
-    what the last iteration did (for reports)."""
+    """The iteration's state: c and u = H^T c, the gradient, the direction d and v = H^T d,
+    and the scalars the next line search needs, so that it costs no pass of its own."""
 
     k: Int[Array, ""]
     c: Float[Array, "z y x"]
@@ -159,9 +161,13 @@ class _State(eqx.Module):
     grad: Float[Array, "z y x"]
     d: Float[Array, "z y x"]
     v: Float[Array, "oz oy ox"]
-    gg: Float[Array, ""]
+    gg: Float[Array, ""]  # <grad, grad>
+    gd: Float[Array, ""]  # <grad, d>: the slope phi'(0)
+    dd: Float[Array, ""]  # <d, d>
+    fv: Float[Array, ""]  # sum max(0, u) v
+    vv: Float[Array, ""]  # sum of v^2 where u > 0: the active part of the curvature
+    step: Float[Array, ""]  # the last step length
     scale: Float[Array, ""]  # ||g||, the gradient's yardstick
-    last: tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""]]  # objective, step, active fraction
     hist: tuple[Float[Array, " n"], ...]
 
     @property
@@ -169,54 +175,80 @@ class _State(eqx.Module):
         return jnp.sqrt(self.gg) / self.scale
 
 
+def _statistics(state: _State, g, lam):
+    """The dual objective Phi(c) and the active fraction (for reports, not the iteration)."""
+    f = jnp.maximum(state.u, 0)
+    ff, active = _sums(f * f, (state.u > 0).astype(f.dtype))
+    cc, gc = _sums(state.c * state.c, g * state.c)
+    return 0.5 * ff + 0.5 * lam * cc - gc, active / f.size
+
+
 def _start(g, otf, *, grid: Grid, history_length: int) -> _State:
     """c = 0: f = 0, the gradient is -g, and the first direction is steepest descent."""
     dtype = g.dtype
-    scale = jnp.maximum(jnp.sqrt(_vdot(g, g)), jnp.finfo(dtype).tiny)
-    grad = -g
-    w = adjoint(otf, grad, grid)
-    gg = _vdot(grad, grad)
+    gg = jnp.sum(g * g)
+    scale = jnp.maximum(jnp.sqrt(gg), jnp.finfo(dtype).tiny)
+    u = jnp.zeros(grid.object_shape, dtype)
+    v = adjoint(otf, g, grid)
+    fv, vv = _slope_terms(u, v)
     zero = jnp.zeros((), dtype)
     hist = tuple(jnp.full((history_length + 1,), jnp.nan, dtype) for _ in range(4))
     if history_length:
         hist = tuple(h.at[0].set(x) for h, x in zip(hist, (zero, jnp.sqrt(gg) / scale, zero, zero), strict=True))
     return _State(
-        k=jnp.asarray(0), c=jnp.zeros_like(g), u=jnp.zeros(grid.object_shape, dtype), grad=grad,
-        d=-grad, v=-w, gg=gg, scale=scale, last=(zero, zero, zero), hist=hist,
+        k=jnp.asarray(0), c=jnp.zeros_like(g), u=u, grad=-g, d=g, v=v, gg=gg, gd=-gg, dd=gg,
+        fv=fv, vv=vv, step=zero, scale=scale, hist=hist,
     )
 
 
 def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool) -> _State:
-    """Iterate until converged, or until ``until`` iterations are done in all."""
+    """Iterate until converged, or until ``until`` iterations are done in all.
+
+    Each iteration: an exact line search (its first Newton step from scalars alone, checked
+    in the same pass that moves u; more steps only when the active set changed a lot), then
+    the new gradient (one FFT pair) and the new direction with its image v (one FFT pair).
+    """
     dtype = g.dtype
+    tiny = jnp.finfo(dtype).tiny
 
     def cond(s: _State):
         rel = s.relative_gradient
         return (s.k < until) & (rel >= tol) & jnp.isfinite(rel)
 
     def body(s: _State) -> _State:
-        k, c, u, grad, d, v, gg = s.k, s.c, s.u, s.grad, s.d, s.v, s.gg
-        a = lam * _vdot(c, d) - _vdot(g, d)
-        b = lam * _vdot(d, d)
-        t = _line_search(u, v, a, b)
+        k, c, u, d, v = s.k, s.c, s.u, s.d, s.v
+        b = lam * s.dd
+        a = s.gd - s.fv  # so that phi'(t) = sum max(0, u + t v) v + a + t b
+        p0, q0 = s.gd, jnp.maximum(s.vv + b, tiny)
+        t = jnp.where(p0 < 0, -p0 / q0, 0)
+        first, second = _slope_terms(u + t * v, v)
+        p, q = first + a + t * b, jnp.maximum(second + b, tiny)
+        exact = jnp.abs(p) <= LINE_SEARCH_TOLERANCE * jnp.abs(p0)
+        t = jax.lax.cond(exact, lambda: t, lambda: _refine_step(u, v, a, b, t, p, q, p0))
         c = c + t * d
-        u = jax.lax.cond((k + 1) % REFRESH == 0, lambda: adjoint(otf, c, grid), lambda: u + t * v)
+        u = jax.lax.cond(
+            (k + 1) % REFRESH == 0,
+            lambda: adjoint(otf, c, grid),  # now and then, u from c itself: no drift
+            lambda: u + t * v,
+        )
         f = jnp.maximum(u, 0)
         new = forward(otf, f, grid) + lam * c - g
-        gg_new = _vdot(new, new)
-        beta = jnp.maximum(0, (gg_new - _vdot(new, grad)) / jnp.maximum(gg, jnp.finfo(dtype).tiny))
+        gg, cross, nd = _sums(new * new, new * s.grad, new * d)
+        beta = jnp.maximum(0, (gg - cross) / jnp.maximum(s.gg, tiny))  # Polak-Ribiere+
+        beta = jnp.where(-gg + beta * nd < 0, beta, 0)  # not a descent direction: restart
         w = adjoint(otf, new, grid)
-        d, v = -new + beta * d, -w + beta * v
-        restart = _vdot(new, d) >= 0
-        d, v = jnp.where(restart, -new, d), jnp.where(restart, -w, v)
-        last, hist = s.last, s.hist
+        d = -new + beta * d
+        v = -w + beta * v
+        fv, vv = _slope_terms(u, v)
+        hist = s.hist
         if track:
-            objective = 0.5 * _vdot(f, f) + 0.5 * lam * _vdot(c, c) - _vdot(g, c)
-            last = (objective, t, jnp.mean((u > 0).astype(dtype)))
-            if hist[0].shape[0] > 1:
-                values = (objective, jnp.sqrt(gg_new) / s.scale, t, last[2])
-                hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, values, strict=True))
-        return _State(k=k + 1, c=c, u=u, grad=new, d=d, v=v, gg=gg_new, scale=s.scale, last=last, hist=hist)
+            objective, active = _statistics(eqx.tree_at(lambda x: (x.c, x.u), s, (c, u)), g, lam)
+            values = (objective, jnp.sqrt(gg) / s.scale, t, active)
+            hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, values, strict=True))
+        return _State(
+            k=k + 1, c=c, u=u, grad=new, d=d, v=v, gg=gg, gd=-gg + beta * nd,
+            dd=gg - 2 * beta * nd + beta * beta * s.dd, fv=fv, vv=vv, step=t, scale=s.scale, hist=hist,
+        )
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -262,10 +294,13 @@ def _solve_start(data, psf, alpha, *, grid: Grid, history_length: int):
     return start(data), otf, lam
 
 
-@functools.partial(jax.jit, static_argnames=("grid",))
-def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid):
+@functools.partial(jax.jit, static_argnames=("grid", "track"))
+def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid, track: bool):
+    """Advance to ``until`` iterations; also the objective and active fraction there."""
+
     def advance(state, g):
-        return _advance(state, g, otf, lam, tol, until, grid=grid, track=True)
+        state = _advance(state, g, otf, lam, tol, until, grid=grid, track=track)
+        return state, _statistics(state, g, lam)
 
     for _ in range(data.ndim - 3):
         advance = jax.vmap(advance)
@@ -288,12 +323,13 @@ def _solve_reporting(data, psf, alpha, tol, max_iterations: int, callback, inter
     while True:
         began = time.perf_counter()
         until = min(done + chunk, max_iterations)
-        state = _solve_advance(state, data, otf, lam, tol, jnp.asarray(until), grid=grid)
+        state, (objective, active) = _solve_advance(
+            state, data, otf, lam, tol, jnp.asarray(until), grid=grid, track=history_length > 0
+        )
         k = int(np.max(np.asarray(state.k)))
         rel = np.max(np.asarray(state.relative_gradient))
-        objective, step, active = (np.asarray(x) for x in state.last)
         if k > done:
-            callback(k, rel, objective, step, active)
+            callback(k, rel, np.asarray(objective), np.asarray(state.step), np.asarray(active))
         if k < until or k >= max_iterations or not np.all(np.isfinite(np.asarray(state.relative_gradient))):
             break  # converged (or broke down) before the chunk's end, or at the cap
         if interval is not None:
