@@ -255,35 +255,33 @@ Pad = Annotated[
 Device = Annotated[str | None, typer.Option("-device", help="Run on this device: cpu, gpu, gpu:N, or a device number.")]
 
 
-@command
-def epr(
-    input: Input,
-    output: Output,
-    psf: PsfFile,
-    smoothness: Smoothness,
-    iterations: Iterations = 300,
-    convergence: Convergence = 0.001,
-    pad: Pad = None,
-    device: Device = None,
-) -> None:
+def _restoration_command(name: str, doc: str, *, gpu: bool):
+    def restoration(
+        input: Input,
+        output: Output,
+        psf: PsfFile,
+        smoothness: Smoothness,
+        iterations: Iterations = 300,
+        convergence: Convergence = 0.001,
+        pad: Pad = None,
+        device: Device = None,
+    ) -> None:
+        _run(input, output, psf, smoothness, iterations, convergence, pad, device, gpu=gpu)
+
+    restoration.__name__ = restoration.__qualname__ = name
+    restoration.__doc__ = doc
+    return command(restoration)
+
+
+epr = _restoration_command(
+    "epr",
     """Restore a 3-D image: regularised, non-negative least squares (Exhaustive Photon Restoration).
 
     The data may hold several volumes (T), restored one after another. Runs on the first
     device JAX offers (a GPU when there is one) unless -device says otherwise.
-    """
-    _run(input, output, psf, smoothness, iterations, convergence, pad, device, gpu=False)
-
-
-@command
-def gpu_epr(
-    input: Input,
-    output: Output,
-    psf: PsfFile,
-    smoothness: Smoothness,
-    iterations: Iterations = 300,
-    convergence: Convergence = 0.001,
-    pad: Pad = None,
-    device: Device = None,
-) -> None:
-    """Restore a 3-D image on a GPU (as epr, but refuses to run without one)."""
-    _run(input, output, psf, smoothness, iterations, convergence, pad, device, gpu=True)
+    """,
+    gpu=False,
+)
+gpu_epr = _restoration_command(
+    "gpu_epr", "Restore a 3-D image on a GPU (as epr, but refuses to run without one).", gpu=True
+)
