@@ -37,8 +37,8 @@ def richardson_lucy(g: np.ndarray, psf: np.ndarray, checkpoints) -> dict[int, np
     f = np.full(g.shape, g.mean())
     out = {}
     for k in range(1, max(checkpoints) + 1):
-        est = np.fft.irfftn(np.fft.rfftn(f) * otf, s=g.shape)
-        f = f * np.fft.irfftn(np.fft.rfftn(g / np.maximum(est, 1e-12)) * np.conj(otf), s=g.shape)
+        est = np.fft.irfftn(np.fft.rfftn(f) * otf, s=g.shape, axes=(0, 1, 2))
+        f = f * np.fft.irfftn(np.fft.rfftn(g / np.maximum(est, 1e-12)) * np.conj(otf), s=g.shape, axes=(0, 1, 2))
         if k in checkpoints:
             out[k] = f.copy()
     return out

@@ -14,6 +14,10 @@ from ._io import read as read
 from ._io import write as write
 from ._micromanager import Acquisition as Acquisition
 from ._micromanager import find_acquisitions as find_acquisitions
+from ._psf import PreparedPSF as PreparedPSF
+from ._psf import otf_support as otf_support
+from ._psf import prepare_psf as prepare_psf
+from ._psf_model import widefield_psf as widefield_psf
 from ._restore import History as History
 from ._restore import Solution as Solution
 from ._restore import restore as restore
