@@ -13,18 +13,20 @@ from . import _frame
 from ._convert import convert
 from ._epr import epr, gpu_epr
 from ._mmtoi2i import mmtoi2i
+from ._prep import preppsf
 
 app = _frame.new_app(
     "eprjax",
     "eprjax: Exhaustive Photon Restoration on JAX. Each command also runs under its own name "
     "(mmtoi2i, ...), with the original programs' flags.",
 )
+_frame.register(app, preppsf, "preppsf")
 _frame.register(app, epr, "epr")
 _frame.register(app, gpu_epr, "gpu_epr")
 _frame.register(app, convert, "convert")
 _frame.register(app, mmtoi2i, "mmtoi2i")
 
-SCRIPTS = {"epr": epr, "epr_i2i": epr, "gpu_epr": gpu_epr, "mmtoi2i": mmtoi2i}
+SCRIPTS = {"epr": epr, "epr_i2i": epr, "gpu_epr": gpu_epr, "mmtoi2i": mmtoi2i, "preppsf": preppsf}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -49,6 +51,11 @@ def epr_i2i_main(argv: Sequence[str] | None = None) -> None:
 def gpu_epr_main(argv: Sequence[str] | None = None) -> None:
     """The ``gpu_epr`` console script."""
     _script("gpu_epr", argv)
+
+
+def preppsf_main(argv: Sequence[str] | None = None) -> None:
+    """The ``preppsf`` console script."""
+    _script("preppsf", argv)
 
 
 def mmtoi2i_main(argv: Sequence[str] | None = None) -> None:

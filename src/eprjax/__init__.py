@@ -14,6 +14,8 @@ from ._io import read as read
 from ._io import write as write
 from ._micromanager import Acquisition as Acquisition
 from ._micromanager import find_acquisitions as find_acquisitions
+from ._prepdata import PreparedData as PreparedData
+from ._prepdata import prepare_data as prepare_data
 from ._psf import PreparedPSF as PreparedPSF
 from ._psf import otf_support as otf_support
 from ._psf import prepare_psf as prepare_psf

@@ -1,0 +1,179 @@
+"""prepdata: the acquisition corrections, in the order basic -> background -> temporal.
+
+- basic: subtract the camera offset (a number) or a dark image, divide by the flat field
+  (normalised to mean 1);
+- background: subtract the mean of the darkest NX x NY x NZ box (``bg_ref``), found with a
+  box filter and a minimum;
+- temporal (``norm="first"``): scale each plane (a 3-D stack: acquisition order is Z) or each
+  volume (a time series, 4-D) so that its total equals the first one's; in a widefield stack
+  every plane carries the same total light, so this undoes bleaching during the scan.
+
+With the camera's gain (electrons per count) and read noise (electrons) it also computes the
+residual noise limit, RNL = noise RMS / signal RMS, the noise from the camera model (Poisson
+in the electrons counted, plus read noise), carried through the same corrections; RNL^2 is
+the suggested smoothness alpha for epr.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._arrays import to_jax
+from ._errors import ParameterError
+
+NORMS = ("none", "first")
+
+
+class PreparedData(eqx.Module):
+    """What `prepare_data` returns.
+
+    Attributes:
+        value: the corrected image, float32, the input's axes.
+        background: the background subtracted (per volume for 4-D data), counts per voxel.
+        scale: the temporal factors applied (per plane for a stack, per volume for 4-D).
+        rnl: the residual noise limit (NaN without gain and read noise).
+        alpha: the suggested smoothness, RNL^2 (NaN without gain and read noise).
+    """
+
+    value: Float[Array, "..."]
+    background: Float[Array, "*t"]
+    scale: Float[Array, " n"]
+    rnl: Float[Array, ""]
+    alpha: Float[Array, ""]
+
+
+def _box_means(x: Float[Array, "z y x"], box: tuple[int, int, int]) -> Float[Array, "a b c"]:
+    """The mean of every box of ``box`` (z, y, x) voxels that fits in ``x``: a moving sum
+    along one axis at a time (running sums over one axis stay small, so float32 keeps its
+    precision where a 3-D summed-area table would not)."""
+    for axis, b in enumerate(box):
+        c = jnp.cumsum(x, axis=axis)
+        c = jnp.concatenate([jnp.zeros_like(jnp.take(c, jnp.arange(1), axis=axis)), c], axis=axis)
+        n = c.shape[axis]
+        x = jnp.take(c, jnp.arange(b, n), axis=axis) - jnp.take(c, jnp.arange(0, n - b), axis=axis)
+    return x / (box[0] * box[1] * box[2])
+
+
+def darkest_box_mean(x: Float[Array, "z y x"], box: tuple[int, int, int]) -> Float[Array, ""]:
+    """The mean of the darkest box of ``box`` (z, y, x) voxels in ``x``."""
+    return jnp.min(_box_means(x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32), box))
+
+
+def _frame(extra, image_shape, volumes_shape, name):
+    """A dark or flat frame, one plane (Y, X) for every plane or of the image's own shape,
+    shaped to broadcast against the (volumes, Z, Y, X) view of the image."""
+    extra = to_jax(extra, name).astype(jnp.float32)
+    if extra.shape == tuple(image_shape[-2:]):
+        return extra
+    if extra.shape == tuple(image_shape):
+        return extra.reshape(volumes_shape)
+    raise ParameterError(f"{name} has shape {tuple(extra.shape)}; expected {tuple(image_shape[-2:])} or {tuple(image_shape)}")
+
+
+def prepare_data(
+    image,
+    *,
+    offset: float | None = None,
+    dark=None,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    flat=None,
+    bg_ref: tuple[int, int, int] | None = None,
+    norm: str = "none",
+) -> PreparedData:
+    """Correct a raw 2-D, 3-D or 4-D (T, Z, Y, X) acquisition; see the module's docstring.
+
+    Args:
+        image: the raw image, counts (any real dtype).
+        offset: the camera offset (counts) to subtract; or
+        dark: a dark image (Y, X) or of the image's shape, to subtract.
+        gain: electrons per count, > 0 (for the RNL).
+        read_noise: the read noise, electrons RMS, >= 0 (for the RNL).
+        flat: the flat field (Y, X) or of the image's shape, no zeros; normalised to mean 1
+            and divided out.
+        bg_ref: (nx, ny, nz), the box whose darkest placement's mean is the background
+            (``-bg_ref NX NY NZ``); None: no background subtraction.
+        norm: ``"first"``: planes (3-D) or volumes (4-D) scaled to the first one's total;
+            ``"none"``.
+
+    Example:
+        >>> out = eprjax.prepare_data(raw, offset=100, bg_ref=(5, 5, 3), norm="first", gain=0.5, read_noise=1.6)
+        >>> out.value, float(out.rnl), float(out.alpha)
+    """
+    if norm not in NORMS:
+        raise ParameterError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if offset is not None and dark is not None:
+        raise ParameterError("give a camera offset or a dark image, not both")
+    if gain is not None and not (math.isfinite(gain) and gain > 0):
+        raise ParameterError(f"the gain must be > 0 electrons per count, got {gain!r}")
+    if read_noise is not None and not (math.isfinite(read_noise) and read_noise >= 0):
+        raise ParameterError(f"the read noise must be >= 0 electrons, got {read_noise!r}")
+    x = to_jax(image, "image")
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise ParameterError("complex images cannot be prepared")
+    x = x.astype(jnp.float32)
+    if x.ndim not in (2, 3, 4):
+        raise ParameterError(f"the image must be 2-D, 3-D or 4-D (T, Z, Y, X), got shape {tuple(x.shape)}")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ParameterError("the image holds NaN or infinite values")
+    volumes = x.reshape((-1, *x.shape[-3:])) if x.ndim == 4 else x.reshape((1, *((1,) * (3 - x.ndim)), *x.shape))
+    # basic: offset or dark, then the flat field
+    if offset is not None:
+        volumes = volumes - jnp.float32(offset)
+    if dark is not None:
+        volumes = volumes - _frame(dark, x.shape, volumes.shape, "the dark image")
+    counts = volumes  # offset-free counts: what the camera model's noise follows
+    gain_map = jnp.ones((), jnp.float32)
+    if flat is not None:
+        f = _frame(flat, x.shape, volumes.shape, "the flat field")
+        if bool(jnp.any(f <= 0)) or not bool(jnp.all(jnp.isfinite(f))):
+            raise ParameterError("the flat field has zeros, negative or non-finite values")
+        gain_map = jnp.mean(f) / f
+        volumes = volumes * gain_map
+    # background: the darkest box, per volume
+    if bg_ref is not None:
+        nx, ny, nz = (int(v) for v in bg_ref)
+        box = (min(nz, volumes.shape[1]), ny, nx)
+        if min(box) < 1 or box[1] > volumes.shape[2] or box[2] > volumes.shape[3]:
+            raise ParameterError(
+                f"bg_ref {nx} {ny} {nz} does not fit a {volumes.shape[3]} x {volumes.shape[2]} x {volumes.shape[1]} image"
+            )
+        background = jax.vmap(lambda v: darkest_box_mean(v, box))(volumes)
+        volumes = volumes - background[:, None, None, None]
+    else:
+        background = jnp.zeros((volumes.shape[0],), jnp.float32)
+    # temporal: planes of a stack, or volumes of a time series, to the first one's total
+    if norm == "first" and x.ndim >= 3:
+        if x.ndim == 4:
+            totals = jnp.sum(volumes, axis=(1, 2, 3))
+            scale = totals[0] / totals
+            volumes = volumes * scale[:, None, None, None]
+        else:
+            totals = jnp.sum(volumes[0], axis=(1, 2))
+            scale = totals[0] / totals
+            volumes = volumes * scale[None, :, None, None]
+        if not bool(jnp.all(jnp.isfinite(scale) & (scale > 0))):
+            raise ParameterError("norm first: a plane or volume has no light above the background to scale by")
+        scale_full = scale[:, None, None, None] if x.ndim == 4 else scale[None, :, None, None]
+    else:
+        scale = jnp.ones((1,), jnp.float32)
+        scale_full = jnp.ones((), jnp.float32)
+    value = volumes.reshape(x.shape)
+    rnl = jnp.asarray(jnp.nan, jnp.float32)
+    if gain is not None and read_noise is not None:
+        electrons = jnp.maximum(counts, 0) * gain
+        variance = (electrons + read_noise**2) / gain**2 * (gain_map * scale_full) ** 2
+        signal = jnp.sqrt(jnp.mean(value.astype(jnp.float32) ** 2))
+        rnl = jnp.sqrt(jnp.mean(variance)) / signal
+    return PreparedData(
+        value=value,
+        background=background if x.ndim == 4 else background[0],
+        scale=scale,
+        rnl=rnl,
+        alpha=rnl**2,
+    )
