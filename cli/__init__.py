@@ -13,7 +13,7 @@ from . import _frame
 from ._convert import convert
 from ._epr import epr, gpu_epr
 from ._mmtoi2i import mmtoi2i
-from ._prep import preppsf
+from ._prep import prepdata, preppsf
 
 app = _frame.new_app(
     "eprjax",
@@ -21,12 +21,13 @@ app = _frame.new_app(
     "(mmtoi2i, ...), with the original programs' flags.",
 )
 _frame.register(app, preppsf, "preppsf")
+_frame.register(app, prepdata, "prepdata")
 _frame.register(app, epr, "epr")
 _frame.register(app, gpu_epr, "gpu_epr")
 _frame.register(app, convert, "convert")
 _frame.register(app, mmtoi2i, "mmtoi2i")
 
-SCRIPTS = {"epr": epr, "epr_i2i": epr, "gpu_epr": gpu_epr, "mmtoi2i": mmtoi2i, "preppsf": preppsf}
+SCRIPTS = {"epr": epr, "epr_i2i": epr, "gpu_epr": gpu_epr, "mmtoi2i": mmtoi2i, "preppsf": preppsf, "prepdata": prepdata}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -56,6 +57,11 @@ def gpu_epr_main(argv: Sequence[str] | None = None) -> None:
 def preppsf_main(argv: Sequence[str] | None = None) -> None:
     """The ``preppsf`` console script."""
     _script("preppsf", argv)
+
+
+def prepdata_main(argv: Sequence[str] | None = None) -> None:
+    """The ``prepdata`` console script."""
+    _script("prepdata", argv)
 
 
 def mmtoi2i_main(argv: Sequence[str] | None = None) -> None:

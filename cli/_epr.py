@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -154,11 +155,32 @@ class Progress:
         )
 
 
+_RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)")
+
+
+def alpha_from(smoothness: str, image: eprjax.Image, name: str) -> float:
+    """The smoothness given: a number, or ``rnl`` for RNL^2 from ``image``'s history."""
+    if smoothness.lower() == "rnl":
+        found = [m for line in image.history if (m := _RNL.search(line))]
+        if not found:
+            raise eprjax.ParameterError(f"{name}: -sm rnl, but the file's history holds no RNL (run prepdata with -gain and -read)")
+        value = float(found[-1]["rnl"]) ** 2
+        log.info("alpha = RNL^2 = %.4g, from %s's history", value, name)
+        return value
+    try:
+        value = float(smoothness)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number >= 0 or rnl, got {smoothness!r}", param_hint="-smoothness/-sm") from None
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"alpha must be >= 0, got {smoothness}", param_hint="-smoothness/-sm")
+    return value
+
+
 def _run(
     input: str,
     output: str,
     psf: str,
-    smoothness: float,
+    smoothness: str,
     iterations: int,
     convergence: float,
     pad: tuple[int, int] | None,
@@ -166,8 +188,8 @@ def _run(
     *,
     gpu: bool,
 ) -> None:
-    if not math.isfinite(smoothness) or smoothness < 0:
-        raise typer.BadParameter(f"alpha must be >= 0, got {smoothness}", param_hint="-smoothness/-sm")
+    if smoothness.lower() != "rnl":
+        alpha_from(smoothness, eprjax.Image([[0.0]]), input)  # check the value before reading
     if iterations < 1:
         raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
     if not 0 < convergence < 1:
@@ -183,6 +205,7 @@ def _run(
     image = eprjax.read(input)
     psf_image = eprjax.read(psf)
     log.info("read %s: %s", input, describe(image))
+    alpha = alpha_from(smoothness, image, input)
     log.info("read %s: %s", psf, describe(psf_image))
     if psf_image.ndim == 4:
         raise eprjax.ParameterError(f"{psf}: the PSF has {psf_image.shape[0]} volumes; give one")
@@ -206,7 +229,7 @@ def _run(
             label = f"volume {index + 1}/{len(volumes)}: " if len(volumes) > 1 else ""
             progress = Progress(iterations, convergence, label)
             solution = eprjax.restore(
-                volume, h, alpha=smoothness, tol=convergence, max_iterations=iterations,
+                volume, h, alpha=alpha, tol=convergence, max_iterations=iterations,
                 pad=pad_zyx, callback=progress if RUN.verbose else None,
                 callback_interval=None if RUN.debug else 0.25,
             )
@@ -219,7 +242,7 @@ def _run(
             restored.append(np.asarray(solution.value))
     result = np.stack(restored) if len(restored) > 1 else restored[0]
     out = image.replace(data=result).add_history(
-        history_line(), f"epr: alpha {smoothness:g}, {done} iterations, {describe_grid(solution.grid)}"
+        history_line(), f"epr: alpha {alpha:g}, {done} iterations, {describe_grid(solution.grid)}"
     )
     written = eprjax.write(target, out)
     log.info("wrote %s", written)
@@ -229,11 +252,12 @@ Input = Annotated[str, typer.Argument(metavar="IN", help="Image to restore (.i2i
 Output = Annotated[str, typer.Argument(metavar="OUT", help="Restored image to write (float32).")]
 PsfFile = Annotated[str, typer.Option("-psf", help="The prepared PSF (from preppsf): origin at the centre, same voxel size as the data.")]
 Smoothness = Annotated[
-    float,
+    str,
     typer.Option(
         "-smoothness", "-sm",
         help="alpha, the smoothness: a noise-to-signal power ratio, >= 0. Smaller is sharper and noisier; "
-        "RNL^2 from prepdata is a good first value (e.g. 0.0005).",
+        "RNL^2 from prepdata is a good first value (e.g. 0.0005). 'rnl': take RNL^2 from the input's "
+        "history, where prepdata -gain G -read R put it.",
     ),
 ]
 Iterations = Annotated[int, typer.Option("-iterations", "-it", help="The most iterations to run if not converged.")]
