@@ -113,3 +113,32 @@ def test_prepdata_and_preppsf_errors(workdir: Path, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         epr_main(["-psf", "raw", "-sm", "rnl", "raw", "out"])
     assert "the file's history holds no RNL" in capsys.readouterr().err
+
+
+def test_preppsf_reports_what_it_found(workdir: Path, capsys) -> None:
+    bead = np.asarray(eprjax.widefield_psf((24, 48, 48), offset=(0.25, 0.0, -0.3), **OPTICS), np.float64)
+    eprjax.write("bead.tif", (bead * 1e6 + 50).astype(np.float32), voxel_size_um=(0.25, 0.187, 0.187))
+    out = run(preppsf_main, "preppsf -V -NA 1.4 -n 1.515 -norm total -mask 1 -subxy 31 -subz 15 bead.tif p.i2i", capsys)
+    # (the border's median is above the true 50 here: a widefield bead lights the whole field)
+    for text in ("background 5", "bead centre x 23.7", "y 24.0", "z 12.2", "shifted by", "before normalisation", "of the energy, removed"):
+        assert text in out, text
+    psf = eprjax.read("p")
+    assert psf.shape == (15, 31, 31) and np.asarray(psf).sum() == pytest.approx(1, rel=1e-5)
+    assert psf.voxel_size_um == pytest.approx((0.25, 0.187, 0.187))  # from the file, no -size needed
+    run(preppsf_main, "preppsf -NA 1.4 -n 1.515 -center 24 24 12 -subxy 21 -subz 9 -norm none bead.tif c.i2i", capsys)
+    assert eprjax.read("c").shape == (9, 21, 21)
+
+
+def test_prepdata_dark_and_flat_files(workdir: Path, capsys) -> None:
+    rng = np.random.default_rng(2)
+    flat = 1 + 0.2 * rng.random((16, 20))
+    dark = 90 + rng.random((16, 20))
+    signal = 50 + 30 * rng.random((6, 16, 20))
+    eprjax.write("flat.i2i", flat.astype(np.float32))
+    eprjax.write("dark.i2i", dark.astype(np.float32))
+    eprjax.write("raw.i2i", (signal * flat + dark).astype(np.float32))
+    run(prepdata_main, "prepdata -dark dark.i2i -flat flat.i2i raw.i2i out.i2i", capsys)
+    np.testing.assert_allclose(np.asarray(eprjax.read("out")), signal * flat.mean(), rtol=1e-5)
+    with pytest.raises(SystemExit):
+        prepdata_main(["-flat", "flat.i2i", "raw.i2i", "flat.i2i"])
+    assert "refusing to write over the input flat.i2i" in capsys.readouterr().err

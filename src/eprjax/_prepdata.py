@@ -16,6 +16,7 @@ the suggested smoothness alpha for epr.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -121,59 +122,67 @@ def prepare_data(
         raise ParameterError(f"the image must be 2-D, 3-D or 4-D (T, Z, Y, X), got shape {tuple(x.shape)}")
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ParameterError("the image holds NaN or infinite values")
-    volumes = x.reshape((-1, *x.shape[-3:])) if x.ndim == 4 else x.reshape((1, *((1,) * (3 - x.ndim)), *x.shape))
-    # basic: offset or dark, then the flat field
-    if offset is not None:
-        volumes = volumes - jnp.float32(offset)
-    if dark is not None:
-        volumes = volumes - _frame(dark, x.shape, volumes.shape, "the dark image")
-    counts = volumes  # offset-free counts: what the camera model's noise follows
-    gain_map = jnp.ones((), jnp.float32)
+    volumes_shape = (x.shape[0], *x.shape[1:]) if x.ndim == 4 else (1, *((1,) * (3 - x.ndim)), *x.shape)
+    dark_frame = None if dark is None else _frame(dark, x.shape, volumes_shape, "the dark image")
+    flat_frame = None
     if flat is not None:
-        f = _frame(flat, x.shape, volumes.shape, "the flat field")
-        if bool(jnp.any(f <= 0)) or not bool(jnp.all(jnp.isfinite(f))):
+        flat_frame = _frame(flat, x.shape, volumes_shape, "the flat field")
+        if bool(jnp.any(flat_frame <= 0)) or not bool(jnp.all(jnp.isfinite(flat_frame))):
             raise ParameterError("the flat field has zeros, negative or non-finite values")
-        gain_map = jnp.mean(f) / f
-        volumes = volumes * gain_map
-    # background: the darkest box, per volume
+    box = None
     if bg_ref is not None:
         nx, ny, nz = (int(v) for v in bg_ref)
-        box = (min(nz, volumes.shape[1]), ny, nx)
-        if min(box) < 1 or box[1] > volumes.shape[2] or box[2] > volumes.shape[3]:
+        box = (min(nz, volumes_shape[1]), ny, nx)
+        if min(box) < 1 or box[1] > volumes_shape[2] or box[2] > volumes_shape[3]:
             raise ParameterError(
-                f"bg_ref {nx} {ny} {nz} does not fit a {volumes.shape[3]} x {volumes.shape[2]} x {volumes.shape[1]} image"
+                f"bg_ref {nx} {ny} {nz} does not fit a {volumes_shape[3]} x {volumes_shape[2]} x {volumes_shape[1]} image"
             )
-        background = jax.vmap(lambda v: darkest_box_mean(v, box))(volumes)
-        volumes = volumes - background[:, None, None, None]
-    else:
-        background = jnp.zeros((volumes.shape[0],), jnp.float32)
-    # temporal: planes of a stack, or volumes of a time series, to the first one's total
-    if norm == "first" and x.ndim >= 3:
-        if x.ndim == 4:
-            totals = jnp.sum(volumes, axis=(1, 2, 3))
-            scale = totals[0] / totals
-            volumes = volumes * scale[:, None, None, None]
-        else:
-            totals = jnp.sum(volumes[0], axis=(1, 2))
-            scale = totals[0] / totals
-            volumes = volumes * scale[None, :, None, None]
-        if not bool(jnp.all(jnp.isfinite(scale) & (scale > 0))):
-            raise ParameterError("norm first: a plane or volume has no light above the background to scale by")
-        scale_full = scale[:, None, None, None] if x.ndim == 4 else scale[None, :, None, None]
-    else:
-        scale = jnp.ones((1,), jnp.float32)
-        scale_full = jnp.ones((), jnp.float32)
-    value = volumes.reshape(x.shape)
-    rnl = jnp.asarray(jnp.nan, jnp.float32)
-    if gain is not None and read_noise is not None:
-        electrons = jnp.maximum(counts, 0) * gain
-        variance = (electrons + read_noise**2) / gain**2 * (gain_map * scale_full) ** 2
-        signal = jnp.sqrt(jnp.mean(value.astype(jnp.float32) ** 2))
-        rnl = jnp.sqrt(jnp.mean(variance)) / signal
+    temporal = None if norm == "none" or x.ndim == 2 else ("volumes" if x.ndim == 4 else "planes")
+    camera = None if gain is None or read_noise is None else (jnp.float32(gain), jnp.float32(read_noise))
+    value, background, scale, rnl = _correct(
+        x.reshape(volumes_shape), None if offset is None else jnp.float32(offset), dark_frame, flat_frame, camera,
+        box=box, temporal=temporal,
+    )
+    if temporal is not None and not bool(jnp.all(jnp.isfinite(scale) & (scale > 0))):
+        raise ParameterError("norm first: a plane or volume has no light above the background to scale by")
     return PreparedData(
-        value=value,
+        value=value.reshape(x.shape),
         background=background if x.ndim == 4 else background[0],
         scale=scale,
         rnl=rnl,
         alpha=rnl**2,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("box", "temporal"))
+def _correct(volumes, offset, dark, flat, camera, *, box, temporal):
+    """The corrections on (volumes, Z, Y, X): basic, background, temporal; and the RNL."""
+    if offset is not None:
+        volumes = volumes - offset
+    if dark is not None:
+        volumes = volumes - dark
+    counts = volumes  # offset-free counts: what the camera model's noise follows
+    gain_map = jnp.ones((), volumes.dtype) if flat is None else jnp.mean(flat) / flat
+    volumes = volumes * gain_map
+    if box is not None:
+        background = jax.vmap(lambda v: darkest_box_mean(v, box))(volumes)
+        volumes = volumes - background[:, None, None, None]
+    else:
+        background = jnp.zeros((volumes.shape[0],), volumes.dtype)
+    scale = jnp.ones((1,), volumes.dtype)
+    scale_full = jnp.ones((), volumes.dtype)
+    if temporal == "volumes":
+        totals = jnp.sum(volumes, axis=(1, 2, 3))
+        scale = totals[0] / totals
+        scale_full = scale[:, None, None, None]
+    elif temporal == "planes":
+        totals = jnp.sum(volumes[0], axis=(1, 2))
+        scale = totals[0] / totals
+        scale_full = scale[None, :, None, None]
+    volumes = volumes * scale_full
+    rnl = jnp.asarray(jnp.nan, volumes.dtype)
+    if camera is not None:
+        gain, read = camera
+        variance = (jnp.maximum(counts, 0) * gain + read**2) / gain**2 * (gain_map * scale_full) ** 2
+        rnl = jnp.sqrt(jnp.mean(variance)) / jnp.sqrt(jnp.mean(volumes**2))
+    return volumes, background, scale, rnl

@@ -20,6 +20,7 @@ scales this region by s about the origin.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -247,40 +248,47 @@ def prepare_psf(
     if half_z < 1 or half_xy < 2:
         raise ParameterError(f"the bead is too close to the edge: no sub-region fits around it ({found})")
     whole = np.round(found).astype(int)
-    frac = found - whole
-    moved = _fourier_shift(data - bg, -frac)
-    cut = moved[
-        whole[0] - half_z : whole[0] + half_z + 1,
-        whole[1] - half_xy : whole[1] + half_xy + 1,
-        whole[2] - half_xy : whole[2] + half_xy + 1,
-    ]
-    target = np.array(cut.shape) // 2
-    shift = tuple(float(v) for v in target - found)  # input index + shift = output index
-    total = jnp.sum(cut)
-    masked = jnp.zeros((), cut.dtype)
+    corner = (int(whole[0] - half_z), int(whole[1] - half_xy), int(whole[2] - half_xy))
+    size3 = (2 * half_z + 1, 2 * half_xy + 1, 2 * half_xy + 1)
+    support = None
     if mask is not None:
-        support = otf_support(
-            cut.shape, na=na, n=n, wavelength_um=wavelength_um, pixel_size_um=pixel_size_um,
-            z_step_um=z_step_um, scale=mask,
+        support = jnp.asarray(
+            otf_support(size3, na=na, n=n, wavelength_um=wavelength_um, pixel_size_um=pixel_size_um,
+                        z_step_um=z_step_um, scale=mask),
+            jnp.float32,
         )
-        energy = jnp.sum(cut * cut)
-        spectrum = jnp.fft.rfftn(cut)
-        inside = jnp.fft.irfftn(spectrum * support, s=cut.shape)
-        masked = 1 - jnp.sum(inside * inside) / jnp.maximum(energy, jnp.finfo(cut.dtype).tiny)
-        cut = _mask_and_clip(cut, jnp.asarray(support, cut.dtype))
-    cut = jnp.maximum(cut, 0)
-    if norm == "infocus":
-        plane = jnp.sum(cut[cut.shape[0] // 2])
-        if not traced and not float(plane) > 0:
-            raise ParameterError("the in-focus plane holds no light; use -norm total")
-        cut = cut / plane
-    elif norm == "total":
-        cut = cut / jnp.sum(cut)
+    cut, total, plane, masked = _extract(data, jnp.float32(bg), jnp.asarray(found - whole, jnp.float32), support, corner=corner, size=size3, norm=norm)
+    if not traced and norm == "infocus" and not float(plane) > 0:
+        raise ParameterError("the in-focus plane holds no light; use -norm total")
+    shift = tuple(float(v) for v in np.array(size3) // 2 - found)  # input index + shift = output index
     return PreparedPSF(
-        value=cut.astype(jnp.float32),
+        value=cut,
         background=jnp.asarray(bg, jnp.float32),
         centre=tuple(float(v) for v in found),
         shift=shift,
         total=total,
         masked_fraction=masked,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("corner", "size", "norm"))
+def _extract(data, bg, frac, support, *, corner, size, norm):
+    """Background off, the centre moved by the fraction of a voxel, the sub-region cut, the
+    OTF support imposed (``support`` not None), negatives clipped, normalised; also the sum
+    before normalisation, the in-focus plane's sum, and the fraction of energy masked."""
+    moved = _fourier_shift(data - bg, -frac)
+    cut = jax.lax.dynamic_slice(moved, corner, size)
+    total = jnp.sum(cut)
+    masked = jnp.zeros((), cut.dtype)
+    if support is not None:
+        energy = jnp.sum(cut * cut)
+        inside = jnp.fft.irfftn(jnp.fft.rfftn(cut) * support, s=cut.shape)
+        masked = 1 - jnp.sum(inside * inside) / jnp.maximum(energy, jnp.finfo(cut.dtype).tiny)
+        cut = _mask_and_clip(cut, support)
+    cut = jnp.maximum(cut, 0)
+    plane = jnp.sum(cut[cut.shape[0] // 2])
+    if norm == "infocus":
+        cut = cut / plane
+    elif norm == "total":
+        cut = cut / jnp.sum(cut)
+    return cut.astype(jnp.float32), total, plane, masked
