@@ -74,7 +74,7 @@ def _outside_energy(h: np.ndarray, **optics) -> float:
 
 def test_mask_removes_what_lies_outside_the_support() -> None:
     acquisition, _ = acquire((0.1, 0.3, -0.2))
-    raw = eprjax.prepare_psf(acquisition, norm="total", **OPTICS).value
+    raw = eprjax.prepare_psf(acquisition, norm="total", mask=None, **OPTICS).value
     masked = eprjax.prepare_psf(acquisition, norm="total", mask=1, **OPTICS).value
     assert _outside_energy(np.asarray(raw), **OPTICS) > 1e-3
     assert _outside_energy(np.asarray(masked), **OPTICS) < 1e-6

@@ -85,7 +85,7 @@ def prepare_data(
     read_noise: float | None = None,
     flat=None,
     bg_ref: tuple[int, int, int] | None = None,
-    norm: str = "none",
+    norm: str = "first",
 ) -> PreparedData:
     """Correct a raw 2-D, 3-D or 4-D (T, Z, Y, X) acquisition; see the module's docstring.
 
@@ -99,8 +99,8 @@ def prepare_data(
             and divided out.
         bg_ref: (nx, ny, nz), the box whose darkest placement's mean is the background
             (``-bg_ref NX NY NZ``); None: no background subtraction.
-        norm: ``"first"``: planes (3-D) or volumes (4-D) scaled to the first one's total;
-            ``"none"``.
+        norm: ``"first"`` (default): planes (3-D) or volumes (4-D) scaled to the first one's
+            total; ``"none"`` (the command line's default, as the original's).
 
     Example:
         >>> out = eprjax.prepare_data(raw, offset=100, bg_ref=(5, 5, 3), norm="first", gain=0.5, read_noise=1.6)

@@ -159,7 +159,7 @@ def prepare_psf(
     z_step_um: float,
     wavelength_um: float = DEFAULT_WAVELENGTH_UM,
     norm: str = "infocus",
-    mask: float | None = None,
+    mask: float | None = 1.0,
     size: tuple[int, int] | None = None,
     background: float | None = None,
     centre: tuple[float, float, float] | None = None,
@@ -176,7 +176,8 @@ def prepare_psf(
         norm: ``"infocus"`` (the centre plane sums to 1), ``"total"`` (the PSF sums to 1) or
             ``"none"``.
         mask: scale of the OTF support outside which the PSF's spectrum is removed
-            (``-mask R``; 1 is the theoretical support); None: no mask.
+            (``-mask R``; 1, the default, is the theoretical support); None: no mask (the
+            command line masks only when given -mask, as the original did).
         size: the sub-region (Z, XY), in voxels, odd; default: the largest symmetric region
             that fits around the bead.
         background: subtract this (per voxel) instead of the border's median.
