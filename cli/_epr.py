@@ -158,21 +158,26 @@ class Progress:
 _RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)")
 
 
-def alpha_from(smoothness: str, image: eprjax.Image, name: str) -> float:
-    """The smoothness given: a number, or ``rnl`` for RNL^2 from ``image``'s history."""
-    if smoothness.lower() == "rnl":
-        found = [m for line in image.history if (m := _RNL.search(line))]
-        if not found:
-            raise eprjax.ParameterError(f"{name}: -sm rnl, but the file's history holds no RNL (run prepdata with -gain and -read)")
-        value = float(found[-1]["rnl"]) ** 2
-        log.info("alpha = RNL^2 = %.4g, from %s's history", value, name)
-        return value
+def parse_smoothness(text: str) -> float | None:
+    """``-sm``: a number >= 0, or None for ``rnl`` (RNL^2 from the input's history)."""
+    if text.lower() == "rnl":
+        return None
     try:
-        value = float(smoothness)
+        value = float(text)
     except ValueError:
-        raise typer.BadParameter(f"expected a number >= 0 or rnl, got {smoothness!r}", param_hint="-smoothness/-sm") from None
+        raise typer.BadParameter(f"expected a number >= 0 or rnl, got {text!r}", param_hint="-smoothness/-sm") from None
     if not math.isfinite(value) or value < 0:
-        raise typer.BadParameter(f"alpha must be >= 0, got {smoothness}", param_hint="-smoothness/-sm")
+        raise typer.BadParameter(f"alpha must be >= 0, got {text}", param_hint="-smoothness/-sm")
+    return value
+
+
+def alpha_from_history(image: eprjax.Image, name: str) -> float:
+    """RNL^2, from the last RNL that prepdata wrote into ``image``'s history."""
+    found = [m for line in image.history if (m := _RNL.search(line))]
+    if not found:
+        raise eprjax.ParameterError(f"{name}: -sm rnl, but the file's history holds no RNL (run prepdata with -gain and -read)")
+    value = float(found[-1]["rnl"]) ** 2
+    log.info("alpha = RNL^2 = %.4g, from %s's history", value, name)
     return value
 
 
@@ -188,8 +193,7 @@ def _run(
     *,
     gpu: bool,
 ) -> None:
-    if smoothness.lower() != "rnl":
-        alpha_from(smoothness, eprjax.Image([[0.0]]), input)  # check the value before reading
+    given = parse_smoothness(smoothness)
     if iterations < 1:
         raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
     if not 0 < convergence < 1:
@@ -205,7 +209,7 @@ def _run(
     image = eprjax.read(input)
     psf_image = eprjax.read(psf)
     log.info("read %s: %s", input, describe(image))
-    alpha = alpha_from(smoothness, image, input)
+    alpha = given if given is not None else alpha_from_history(image, input)
     log.info("read %s: %s", psf, describe(psf_image))
     if psf_image.ndim == 4:
         raise eprjax.ParameterError(f"{psf}: the PSF has {psf_image.shape[0]} volumes; give one")
