@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from . import _frame
 from ._convert import convert
+from ._demo import demo
 from ._epr import epr, gpu_epr
 from ._mmtoi2i import mmtoi2i
 from ._prep import prepdata, preppsf
@@ -20,6 +21,7 @@ app = _frame.new_app(
     "eprjax: Exhaustive Photon Restoration on JAX. Each command also runs under its own name "
     "(mmtoi2i, ...), with the original programs' flags.",
 )
+_frame.register(app, demo, "demo", needs_arguments=False)
 _frame.register(app, preppsf, "preppsf")
 _frame.register(app, prepdata, "prepdata")
 _frame.register(app, epr, "epr")

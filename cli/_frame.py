@@ -145,8 +145,10 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def register(app: typer.Typer, wrapped: Callable[..., Any], name: str, help: str | None = None) -> None:
-    app.command(name, cls=Command, help=help or inspect.getdoc(wrapped), no_args_is_help=True)(wrapped)
+def register(app: typer.Typer, wrapped: Callable[..., Any], name: str, *, needs_arguments: bool = True) -> None:
+    """Add ``wrapped`` to ``app`` as ``name``; without arguments it shows its help, unless
+    it needs none."""
+    app.command(name, cls=Command, help=inspect.getdoc(wrapped), no_args_is_help=needs_arguments)(wrapped)
 
 
 def single_app(wrapped: Callable[..., Any], name: str) -> typer.Typer:

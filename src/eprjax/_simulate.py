@@ -1,0 +1,72 @@
+"""A simulated widefield acquisition: a specimen, its image through the microscope, and an
+image of a bead for the PSF, as a camera records them (for the demo and the tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ._psf_model import widefield_psf
+
+SEED_OPTICS = dict(na=1.4, n=1.515, wavelength_um=0.52, pixel_size_um=0.187, z_step_um=0.25)  # the seed's flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+    """truth: the specimen (photons per voxel, before blur); image and bead: int16 camera
+    counts; background: the counts added everywhere."""
+
+    truth: np.ndarray
+    image: np.ndarray
+    bead: np.ndarray
+    background: float
+
+
+def specimen(shape: tuple[int, int, int], *, z_over_xy: float, seed: int = 3) -> np.ndarray:
+    """Beads, a filament and a shell, each a little wider than a pixel."""
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    zs = (z - shape[0] / 2) * z_over_xy  # z in units of the lateral pixel
+    f = np.zeros(shape)
+    rng = np.random.default_rng(seed)
+    for _ in range(max(4, int(np.prod(shape) // 8000))):
+        cz, cy, cx = (rng.uniform(4, n - 4) for n in shape)
+        f += 1000 * np.exp(-(((z - cz) * z_over_xy) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) / (2 * 1.2**2))
+    f += 400 * np.exp(-((y - shape[1] * 0.3 - 0.4 * x) ** 2 + zs**2) / (2 * 1.5**2))
+    r = np.sqrt(zs**2 + (y - shape[1] * 0.62) ** 2 + (x - shape[2] * 0.69) ** 2)
+    f += 150 * np.exp(-((r - min(shape[1:]) * 0.14) ** 2) / (2 * 1.5**2))
+    return f
+
+
+def simulate(
+    shape: tuple[int, int, int] = (24, 64, 64),
+    *,
+    brightness: float = 20.0,
+    background: float = 120.0,
+    read_noise: float = 2.0,
+    bleaching: float = 0.02,
+    bead_photons: float = 4e6,
+    seed: int = 0,
+    optics: dict | None = None,
+) -> Acquisition:
+    """The specimen blurred by the widefield PSF in a field larger than the camera's (light
+    from outside comes in), bleached plane by plane, with background, Poisson and read noise;
+    and a bead image, its centre off the grid by a fraction of a voxel."""
+    optics = dict(SEED_OPTICS if optics is None else optics)
+    rng = np.random.default_rng(seed)
+    truth = specimen(shape, z_over_xy=optics["z_step_um"] / optics["pixel_size_um"]) * brightness
+    margin = (shape[0] // 3, shape[1] // 4, shape[2] // 4)
+    big = np.pad(truth, [(m, m) for m in margin])
+    h = np.asarray(widefield_psf(big.shape, **optics), np.float64)
+    blurred = np.real(np.fft.ifftn(np.fft.fftn(big) * np.fft.fftn(np.fft.ifftshift(h))))
+    blurred = blurred[tuple(slice(m, m + n) for m, n in zip(margin, shape, strict=True))]
+    fade = np.exp(-bleaching * np.arange(shape[0]))[:, None, None]
+    counts = rng.poisson(np.maximum(blurred, 0) * fade + background) + rng.normal(0, read_noise, shape)
+    bead_shape = (max(32, shape[0] + 8), 64, 64)
+    b = np.asarray(widefield_psf(bead_shape, offset=(0.3, -0.2, 0.35), **optics), np.float64)
+    bead = rng.poisson(b * bead_photons + background) + rng.normal(0, read_noise, bead_shape)
+
+    def to_int16(x):
+        return np.clip(np.rint(x), 0, 32767).astype(np.int16)
+
+    return Acquisition(truth=truth, image=to_int16(counts), bead=to_int16(bead), background=background)
