@@ -211,9 +211,9 @@ def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool)
     dtype = g.dtype
     tiny = jnp.finfo(dtype).tiny
 
-    def cond(s: _State):
+    def going(s: _State, end):
         rel = s.relative_gradient
-        return (s.k < until) & (rel >= tol) & jnp.isfinite(rel)
+        return (s.k < end) & (rel >= tol) & jnp.isfinite(rel)
 
     def body(s: _State) -> _State:
         k, c, u, d, v = s.k, s.c, s.u, s.d, s.v
@@ -226,11 +226,7 @@ def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool)
         exact = jnp.abs(p) <= LINE_SEARCH_TOLERANCE * jnp.abs(p0)
         t = jax.lax.cond(exact, lambda: t, lambda: _refine_step(u, v, a, b, t, p, q, p0))
         c = c + t * d
-        u = jax.lax.cond(
-            (k + 1) % REFRESH == 0,
-            lambda: adjoint(otf, c, grid),  # now and then, u from c itself: no drift
-            lambda: u + t * v,
-        )
+        u = u + t * v
         f = jnp.maximum(u, 0)
         new = forward(otf, f, grid) + lam * c - g
         gg, cross, nd = _sums(new * new, new * s.grad, new * d)
@@ -250,7 +246,27 @@ def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool)
             dd=gg - 2 * beta * nd + beta * beta * s.dd, fv=fv, vv=vv, step=t, scale=s.scale, hist=hist,
         )
 
-    return jax.lax.while_loop(cond, body, state)
+    def block(s: _State) -> _State:
+        # every REFRESH iterations u (and with it the slope terms) comes from c itself, so
+        # that round-off in the running update cannot accumulate; outside the inner loop, so
+        # that the loop body has no branch to keep XLA from fusing it
+        s = jax.lax.cond(
+            (s.k > 0) & (s.k % REFRESH == 0),
+            lambda s: _refreshed(s, otf, grid),
+            lambda s: s,
+            s,
+        )
+        end = jnp.minimum(until, (s.k // REFRESH + 1) * REFRESH)
+        return jax.lax.while_loop(lambda s: going(s, end), body, s)
+
+    return jax.lax.while_loop(lambda s: going(s, until), block, state)
+
+
+def _refreshed(state: _State, otf, grid: Grid) -> _State:
+    """The state with u = H^T c recomputed, and the slope terms that depend on it."""
+    u = adjoint(otf, state.c, grid)
+    fv, vv = _slope_terms(u, state.v)
+    return eqx.tree_at(lambda s: (s.u, s.fv, s.vv), state, (u, fv, vv))
 
 
 def _finish(state: _State, otf, tol, *, grid: Grid):
