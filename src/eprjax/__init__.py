@@ -23,6 +23,8 @@ from ._psf_model import widefield_psf as widefield_psf
 from ._restore import History as History
 from ._restore import Solution as Solution
 from ._restore import restore as restore
+from ._segments import SegmentPlan as SegmentPlan
+from ._segments import plan_segments as plan_segments
 
 try:
     __version__ = importlib.metadata.version("eprjax")

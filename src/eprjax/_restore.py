@@ -297,6 +297,21 @@ def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length:
     return one(data)
 
 
+@functools.partial(jax.jit, static_argnames=("grid", "batch"))
+def _solve_segments(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, batch: int):
+    """Segments (leading axis) restored ``batch`` at a time in one compiled region: vmap
+    inside lax.map, so that one compilation serves every segment and batch."""
+    otf, lam = _prepare(stacked, psf, alpha, grid)
+
+    def one(g):
+        state = _start(g, otf, grid=grid, history_length=0)
+        state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=False)
+        f, k, rel, result, _ = _finish(state, otf, tol, grid=grid)
+        return f, k, rel, result
+
+    return jax.lax.map(one, stacked, batch_size=batch)
+
+
 # The same restoration in steps, for progress reports between them (a callback inside the
 # compiled loop would keep it out of the persistent compilation cache).
 
@@ -376,6 +391,35 @@ def _pad3(pad: int | Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(p) for p in values)  # type: ignore[return-value]
 
 
+def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, segment, overlap, memory_bytes, *, history, callback, throw):
+    from ._segments import cut, plan_segments, recompose
+
+    if g.ndim != 3 or history or callback is not None:
+        raise ParameterError("segments take one (Z, Y, X) volume, without history or callback")
+    if not all(_concrete(x) for x in (g, h, alpha)):
+        raise ParameterError("segments cannot be restored under a JAX transformation (jit, grad, vmap)")
+    plan = plan_segments(
+        g.shape, np.asarray(h), segment=None if segment == "auto" else segment, overlap=overlap, pad=pad,
+        memory_bytes=memory_bytes,
+    )
+    grid = make_grid((g.shape[0], *plan.segment), plan.pad)
+    stacked = jnp.asarray(cut(np.asarray(g), plan))
+    f, k, rel, result = _solve_segments(
+        stacked, h, jnp.asarray(alpha, g.dtype), jnp.asarray(tol, g.dtype), jnp.asarray(max_iterations),
+        grid=grid, batch=plan.batch,
+    )
+    value = recompose(f, plan)
+    worst = jnp.max(result)
+    if throw and int(worst) == NONFINITE:
+        raise EprjaxError(MESSAGES[NONFINITE])
+    solution = Solution(
+        value=like(jnp.asarray(value), data) if not isinstance(data, np.ndarray) else value,
+        iterations=jnp.max(k), relative_gradient=jnp.max(rel), converged=worst == CONVERGED,
+        result=worst, alpha=jnp.asarray(alpha, g.dtype), grid=grid, history=None,
+    )
+    return solution
+
+
 def check_psf(psf: Any, name: str = "the PSF") -> None:
     """Raise a `ParameterError` unless ``psf`` is finite, non-negative and sums to > 0."""
     h = np.asarray(psf)
@@ -400,6 +444,9 @@ def restore(
     history: bool = False,
     callback: ProgressCallback | None = None,
     callback_interval: float | None = None,
+    segment: tuple[int, int] | str | None = None,
+    overlap: tuple[int, int] | None = None,
+    memory_bytes: int | None = None,
     throw: bool = True,
 ) -> Solution:
     """Restore a 3-D image by EPR: regularised, non-negative least squares (DESIGN.md §2).
@@ -426,6 +473,11 @@ def restore(
             called between them; not under a JAX transformation.
         callback_interval: with ``callback``: call it about this often, in seconds (None:
             after every iteration).
+        segment: restore in overlapping XY segments of this (y, x) size, full Z, batched, and
+            recompose them smoothly (``"auto"``: the size the memory allows; see
+            `plan_segments`); each segment gets the padded model and the same alpha.
+        overlap: with ``segment``: (y, x) overlap; default the PSF's lateral half-width.
+        memory_bytes: with ``segment``: the memory budget (default half the device's).
         throw: raise `EprjaxError` if the iteration broke down (non-finite values).
 
     Returns:
@@ -463,6 +515,11 @@ def restore(
         if not _concrete(h):
             raise ParameterError("give pad explicitly when the PSF is traced (it sets the array shapes)")
         pad = default_pad(np.asarray(h), g.shape[-3:])
+    if segment is not None:
+        return _restore_segmented(
+            data, g, h, alpha, tol, int(max_iterations), _pad3(pad), segment, overlap, memory_bytes,
+            history=history, callback=callback, throw=throw,
+        )
     grid = make_grid(g.shape[-3:], _pad3(pad))
     alpha_array = jnp.asarray(alpha, dtype)
     history_length = int(max_iterations) if history else 0
