@@ -297,10 +297,8 @@ def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length:
     return one(data)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "batch"))
-def _solve_segments(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, batch: int):
-    """Segments (leading axis) restored ``batch`` at a time in one compiled region: vmap
-    inside lax.map, so that one compilation serves every segment and batch."""
+def _segments_local(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, batch: int):
+    """Segments (leading axis) restored ``batch`` at a time: vmap inside lax.map."""
     otf, lam = _prepare(stacked, psf, alpha, grid)
 
     def one(g):
@@ -310,6 +308,21 @@ def _solve_segments(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, bat
         return f, k, rel, result
 
     return jax.lax.map(one, stacked, batch_size=batch)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "batch", "mesh"))
+def _solve_segments(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, batch: int, mesh=None):
+    """All segments in one compiled region; with a mesh, the segments are spread over its
+    devices (shard_map over the segment axis) and every FFT stays on its device."""
+    local = functools.partial(_segments_local, grid=grid, batch=batch)
+    if mesh is None:
+        return local(stacked, psf, alpha, tol, max_iterations)
+    spec = jax.sharding.PartitionSpec("segments")
+    replicated = jax.sharding.PartitionSpec()
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, replicated, replicated, replicated, replicated), out_specs=spec,
+        check_vma=False,
+    )(stacked, psf, alpha, tol, max_iterations)
 
 
 # The same restoration in steps, for progress reports between them (a callback inside the
@@ -391,7 +404,7 @@ def _pad3(pad: int | Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(p) for p in values)  # type: ignore[return-value]
 
 
-def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, segment, overlap, memory_bytes, *, history, callback, throw):
+def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, segment, overlap, memory_bytes, *, history, callback, throw, devices):
     from ._segments import cut, plan_segments, recompose
 
     if g.ndim != 3 or history or callback is not None:
@@ -403,18 +416,35 @@ def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, segment, ove
         memory_bytes=memory_bytes,
     )
     grid = make_grid((g.shape[0], *plan.segment), plan.pad)
-    stacked = jnp.asarray(cut(np.asarray(g), plan))
+    stacked = cut(np.asarray(g), plan)
+    available = jax.local_devices()
+    n = len(available) if devices is None else int(devices)
+    if not 1 <= n <= len(available):
+        raise ParameterError(f"devices must be between 1 and the {len(available)} this process sees, got {devices}")
+    n = min(n, plan.count)
+    mesh = None
+    batch = plan.batch
+    if n > 1:
+        # the same number of segments on every device (the last ones repeated, then dropped)
+        per_device = -(-plan.count // n)
+        batch = min(batch, per_device)
+        per_device = -(-per_device // batch) * batch
+        extra = n * per_device - plan.count
+        stacked = np.concatenate([stacked, np.repeat(stacked[-1:], extra, axis=0)])
+        mesh = jax.make_mesh((n,), ("segments",), devices=available[:n])
+        stacked = jax.device_put(stacked, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("segments")))
     f, k, rel, result = _solve_segments(
-        stacked, h, jnp.asarray(alpha, g.dtype), jnp.asarray(tol, g.dtype), jnp.asarray(max_iterations),
-        grid=grid, batch=plan.batch,
+        jnp.asarray(stacked), h, jnp.asarray(alpha, g.dtype), jnp.asarray(tol, g.dtype), jnp.asarray(max_iterations),
+        grid=grid, batch=batch, mesh=mesh,
     )
+    f, k, rel, result = (np.asarray(x)[: plan.count] for x in (f, k, rel, result))
     value = recompose(f, plan)
-    worst = jnp.max(result)
+    worst = jnp.asarray(np.max(result))
     if throw and int(worst) == NONFINITE:
         raise EprjaxError(MESSAGES[NONFINITE])
     solution = Solution(
         value=like(jnp.asarray(value), data) if not isinstance(data, np.ndarray) else value,
-        iterations=jnp.max(k), relative_gradient=jnp.max(rel), converged=worst == CONVERGED,
+        iterations=jnp.asarray(np.max(k)), relative_gradient=jnp.asarray(np.max(rel)), converged=worst == CONVERGED,
         result=worst, alpha=jnp.asarray(alpha, g.dtype), grid=grid, history=None,
     )
     return solution
@@ -447,6 +477,7 @@ def restore(
     segment: tuple[int, int] | str | None = None,
     overlap: tuple[int, int] | None = None,
     memory_bytes: int | None = None,
+    devices: int | None = None,
     throw: bool = True,
 ) -> Solution:
     """Restore a 3-D image by EPR: regularised, non-negative least squares (DESIGN.md §2).
@@ -478,6 +509,8 @@ def restore(
             `plan_segments`); each segment gets the padded model and the same alpha.
         overlap: with ``segment``: (y, x) overlap; default the PSF's lateral half-width.
         memory_bytes: with ``segment``: the memory budget (default half the device's).
+        devices: with ``segment``: how many local devices share the segments (default all);
+            each restores its share, every FFT on its own device.
         throw: raise `EprjaxError` if the iteration broke down (non-finite values).
 
     Returns:
@@ -518,7 +551,7 @@ def restore(
     if segment is not None:
         return _restore_segmented(
             data, g, h, alpha, tol, int(max_iterations), _pad3(pad), segment, overlap, memory_bytes,
-            history=history, callback=callback, throw=throw,
+            history=history, callback=callback, throw=throw, devices=devices,
         )
     grid = make_grid(g.shape[-3:], _pad3(pad))
     alpha_array = jnp.asarray(alpha, dtype)
