@@ -18,6 +18,7 @@ import typer
 import eprjax
 from eprjax._operator import describe as describe_grid
 from eprjax._restore import check_psf
+from eprjax._segments import MEMORY_MARGIN, device_memory
 
 from ._convert import describe
 from ._frame import RUN, check_output, command, history_line, log_to_file
@@ -190,10 +191,19 @@ def _run(
     convergence: float,
     pad: tuple[int, int] | None,
     device: str | None,
+    segment: tuple[int, int] | None = None,
+    overlap: tuple[int, int] | None = None,
+    devices: int | None = None,
     *,
     gpu: bool,
 ) -> None:
     given = parse_smoothness(smoothness)
+    if segment is not None and min(segment) < 1:
+        raise typer.BadParameter(f"voxels must be >= 1, got {segment[0]} {segment[1]}", param_hint="-segment")
+    if overlap is not None and min(overlap) < 0:
+        raise typer.BadParameter(f"voxels must be >= 0, got {overlap[0]} {overlap[1]}", param_hint="-overlap")
+    if devices is not None and devices < 1:
+        raise typer.BadParameter(f"must be >= 1, got {devices}", param_hint="-devices")
     if iterations < 1:
         raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
     if not 0 < convergence < 1:
@@ -226,10 +236,36 @@ def _run(
         raise eprjax.ParameterError(f"{input}: the data hold NaN or infinite values")
     log.info("device %s; compilation cache %s", chosen, cache)
     pad_zyx = None if pad is None else (pad[1], pad[0], pad[0])
+    plan = eprjax.plan_segments(
+        volumes.shape[-3:], h, segment=None if segment is None else (segment[1], segment[0]),
+        overlap=None if overlap is None else (overlap[1], overlap[0]), pad=pad_zyx,
+        memory_bytes=int(MEMORY_MARGIN * device_memory(chosen)),
+    )
+    segmented = plan.count > 1
+    if segmented:
+        log.info("segments: %s", plan.describe())
+    else:
+        log.info("the whole volume fits in memory (predicted peak %.0f MiB): no segments", plan.peak_bytes / 2**20)
     restored = []
     done = 0
     with jax.default_device(chosen):
         for index, volume in enumerate(volumes):
+            if segmented:
+                label = f"volume {index + 1}/{len(volumes)}: " if len(volumes) > 1 else ""
+                started = time.perf_counter()
+                solution = eprjax.restore(
+                    volume, h, alpha=alpha, tol=convergence, max_iterations=iterations, pad=plan.pad,
+                    segment=plan.segment, overlap=plan.overlap, devices=devices,
+                    memory_bytes=int(MEMORY_MARGIN * device_memory(chosen)),
+                )
+                k = int(np.max(np.asarray(solution.iterations)))
+                log.info(
+                    "%s%d segments restored in %.1f s, at most %d iterations, relative gradient at most %.2e",
+                    label, plan.count, time.perf_counter() - started, k, float(np.max(np.asarray(solution.relative_gradient))),
+                )
+                done = max(done, k)
+                restored.append(np.asarray(solution.value))
+                continue
             label = f"volume {index + 1}/{len(volumes)}: " if len(volumes) > 1 else ""
             progress = Progress(iterations, convergence, label)
             solution = eprjax.restore(
@@ -245,9 +281,8 @@ def _run(
                 log.info("%s", solution.message)
             restored.append(np.asarray(solution.value))
     result = np.stack(restored) if len(restored) > 1 else restored[0]
-    out = image.replace(data=result).add_history(
-        history_line(), f"epr: alpha {alpha:g}, {done} iterations, {describe_grid(solution.grid)}"
-    )
+    what = f"{plan.count} segments of {plan.segment[0]}x{plan.segment[1]}" if segmented else describe_grid(solution.grid)
+    out = image.replace(data=result).add_history(history_line(), f"epr: alpha {alpha:g}, {done} iterations, {what}")
     written = eprjax.write(target, out)
     log.info("wrote %s", written)
 
@@ -281,6 +316,15 @@ Pad = Annotated[
     ),
 ]
 Device = Annotated[str | None, typer.Option("-device", help="Run on this device: cpu, gpu, gpu:N, or a device number.")]
+Segment = Annotated[
+    tuple[int, int] | None,
+    typer.Option("-segment", metavar="NX NY", help="Restore in overlapping XY segments of this size (default: as large as the device's memory allows; the whole volume when it fits)."),
+]
+Overlap = Annotated[
+    tuple[int, int] | None,
+    typer.Option("-overlap", metavar="NX NY", help="Overlap of neighbouring segments, voxels (default: 6 PSF half-widths + 2)."),
+]
+Devices = Annotated[int | None, typer.Option("-devices", help="Spread segments over this many local devices (default: all).")]
 
 
 def _restoration_command(name: str, doc: str, *, gpu: bool):
@@ -293,8 +337,11 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
         convergence: Convergence = 0.001,
         pad: Pad = None,
         device: Device = None,
+        segment: Segment = None,
+        overlap: Overlap = None,
+        devices: Devices = None,
     ) -> None:
-        _run(input, output, psf, smoothness, iterations, convergence, pad, device, gpu=gpu)
+        _run(input, output, psf, smoothness, iterations, convergence, pad, device, segment, overlap, devices, gpu=gpu)
 
     restoration.__name__ = restoration.__qualname__ = name
     restoration.__doc__ = doc

@@ -147,3 +147,19 @@ def test_second_run_does_not_compile_again(prepared, verbose) -> None:
     second = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert second.returncode == 0, second.stderr
     assert set(os.listdir("cache")) == entries
+
+
+def test_segments_on_the_command_line(prepared, capsys) -> None:
+    g, psf = prepared
+    code, err = run(epr_main, ["-V", "-psf", "psf_prep", "-sm", "1e-3", "-co", "1e-4", "-segment", "14", "14", "-overlap", "8", "8", "image_prep", "seg"], capsys)
+    assert code == 0, err
+    assert "segments: 9 segments (3 x 3) of 10x14x14, overlap 8x8" in err and "predicted peak" in err
+    whole = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4).value
+    out = np.asarray(eprjax.read("seg"))
+    # (a deliberately small overlap here: the plumbing, not the accuracy, which test_segments checks)
+    assert np.abs(out - whole).max() < 0.1 * float(g.max() - g.min())
+    assert "9 segments of 14x14" in eprjax.read("seg").history[-1]
+    code, err = run(epr_main, ["-V", "-psf", "psf_prep", "-sm", "1e-3", "image_prep", "whole"], capsys)
+    assert "the whole volume fits in memory" in err
+    code, err = run(epr_main, ["-psf", "psf_prep", "-sm", "1e-3", "-devices", "0", "image_prep", "x"], capsys)
+    assert code == 2 and "Invalid value for -devices: must be >= 1" in err
