@@ -19,7 +19,7 @@ import numpy as np
 from ._errors import ParameterError
 from ._operator import make_grid, psf_half_support, voxels
 
-BYTES_PER_OBJECT_VOXEL = 48  # the solver's arrays and FFT buffers, per object-grid voxel (float32)
+BYTES_PER_OBJECT_VOXEL = 60  # peak bytes per object-grid voxel, float32: measured 49-60 (CPU, 64-128x256x256)
 MEMORY_MARGIN = 0.5  # use at most this share of the device's memory
 
 
