@@ -62,7 +62,7 @@ def _box_means(x: Float[Array, "z y x"], box: tuple[int, int, int]) -> Float[Arr
 
 def darkest_box_mean(x: Float[Array, "z y x"], box: tuple[int, int, int]) -> Float[Array, ""]:
     """The mean of the darkest box of ``box`` (z, y, x) voxels in ``x``."""
-    return jnp.min(_box_means(x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32), box))
+    return jnp.min(_box_means(x if x.dtype == jnp.float64 else x.astype(jnp.float32), box))
 
 
 def _frame(extra, image_shape, volumes_shape, name):

@@ -97,17 +97,21 @@ def _smooth(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return np.fft.irfftn(spectrum, s=x.shape, axes=(0, 1, 2))
 
 
-def _fourier_shift(x: Float[Array, "z y x"], shift) -> Float[Array, "z y x"]:
-    """``x`` moved by ``shift`` voxels (z, y, x; fractional allowed), periodically, by a
-    phase ramp: no interpolation blur."""
-    spectrum = jnp.fft.rfftn(x)
+def _shifted(spectrum, shape, shift, dtype) -> Float[Array, "z y x"]:
+    """The array of real ``shape`` whose real FFT is ``spectrum``, moved by ``shift`` voxels
+    (z, y, x; fractional allowed), periodically, by a phase ramp: no interpolation blur."""
     phase = 0.0
-    for axis, (n, s) in enumerate(zip(x.shape, shift, strict=True)):
+    for axis, (n, s) in enumerate(zip(shape, shift, strict=True)):
         freq = np.fft.rfftfreq(n) if axis == 2 else np.fft.fftfreq(n)
-        shape = [1, 1, 1]
-        shape[axis] = len(freq)
-        phase = phase + jnp.asarray(freq.reshape(shape), x.dtype) * s
-    return jnp.fft.irfftn(spectrum * jnp.exp(-2j * jnp.pi * phase), s=x.shape)
+        ramp = [1, 1, 1]
+        ramp[axis] = len(freq)
+        phase = phase + jnp.asarray(freq.reshape(ramp), dtype) * s
+    return jnp.fft.irfftn(spectrum * jnp.exp(-2j * jnp.pi * phase), s=shape)
+
+
+def _fourier_shift(x: Float[Array, "z y x"], shift) -> Float[Array, "z y x"]:
+    """``x`` moved by ``shift`` voxels (see `_shifted`)."""
+    return _shifted(jnp.fft.rfftn(x), x.shape, shift, x.dtype)
 
 
 def _centroid(x: np.ndarray, start: np.ndarray, radius: np.ndarray, steps: int = 30) -> np.ndarray:
@@ -117,10 +121,10 @@ def _centroid(x: np.ndarray, start: np.ndarray, radius: np.ndarray, steps: int =
     whatever background is left, and the noise of the dim voxels, out of it."""
     centre = start.astype(np.float64)
     grid = [np.arange(-r, r + 1, dtype=np.float64) for r in radius]
-    data = jnp.asarray(x)
+    spectrum = jnp.fft.rfftn(jnp.asarray(x))  # once: each step changes only the phase ramp
     for _ in range(steps):
         whole = np.round(centre).astype(int)
-        moved = np.asarray(_fourier_shift(data, whole - centre))
+        moved = np.asarray(_shifted(spectrum, x.shape, whole - centre, x.dtype))
         box = moved[tuple(slice(c - r, c + r + 1) for c, r in zip(whole, radius, strict=True))]
         weights = np.maximum(box - CORE * box.max(), 0)
         total = weights.sum()
