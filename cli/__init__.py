@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from . import _frame
 from ._convert import convert
 from ._demo import demo
-from ._epr import epr, gpu_epr
+from ._epr import epr, gpu_epr, super_epr
 from ._mmtoi2i import mmtoi2i
 from ._prep import prepdata, preppsf
 
@@ -26,10 +26,11 @@ _frame.register(app, preppsf, "preppsf")
 _frame.register(app, prepdata, "prepdata")
 _frame.register(app, epr, "epr")
 _frame.register(app, gpu_epr, "gpu_epr")
+_frame.register(app, super_epr, "super_epr")
 _frame.register(app, convert, "convert")
 _frame.register(app, mmtoi2i, "mmtoi2i")
 
-SCRIPTS = {"epr": epr, "epr_i2i": epr, "gpu_epr": gpu_epr, "mmtoi2i": mmtoi2i, "preppsf": preppsf, "prepdata": prepdata}
+SCRIPTS = {"epr": epr, "epr_i2i": epr, "gpu_epr": gpu_epr, "super_epr": super_epr, "mmtoi2i": mmtoi2i, "preppsf": preppsf, "prepdata": prepdata}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -54,6 +55,11 @@ def epr_i2i_main(argv: Sequence[str] | None = None) -> None:
 def gpu_epr_main(argv: Sequence[str] | None = None) -> None:
     """The ``gpu_epr`` console script."""
     _script("gpu_epr", argv)
+
+
+def super_epr_main(argv: Sequence[str] | None = None) -> None:
+    """The ``super_epr`` console script."""
+    _script("super_epr", argv)
 
 
 def preppsf_main(argv: Sequence[str] | None = None) -> None:

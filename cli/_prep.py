@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 import eprjax
+from eprjax._fine import fine_voxel_size
 from eprjax._psf import DEFAULT_WAVELENGTH_UM, NORMS
 
 from ._convert import describe
@@ -54,13 +55,21 @@ def preppsf(
     background: Annotated[
         float | None, typer.Option("-background", help="Background to subtract, per voxel (default: the median of the stack's border).")
     ] = None,
+    super_xy: Annotated[
+        int, typer.Option("-super", metavar="K", help="Write the PSF on a grid K times finer in XY, for super_epr / epr -super K (band-limited interpolation).")
+    ] = 1,
+    super_z: Annotated[int, typer.Option("-superz", metavar="KZ", help="Also KZ times finer in Z (for epr -superz KZ).")] = 1,
 ) -> None:
     """Prepare a 3-D point spread function from an image of a sub-resolution bead.
 
     Subtracts the background, finds the bead's centre and moves it to the middle of a
     symmetric sub-region (square in XY) by a Fourier shift, normalises, and with -mask
-    removes what the optics cannot transmit; negatives are clipped. Output float32.
+    removes what the optics cannot transmit; negatives are clipped. Output float32. With
+    -super K, the PSF is brought onto a grid K times finer (for super_epr).
     """
+    for flag, k in (("-super", super_xy), ("-superz", super_z)):
+        if k < 1:
+            raise typer.BadParameter(f"must be an integer >= 1, got {k}", param_hint=flag)
     if norm not in NORMS:
         raise typer.BadParameter(f"must be one of {', '.join(NORMS)}, got {norm!r}", param_hint="-norm")
     target = check_output(output, input)
@@ -89,12 +98,15 @@ def preppsf(
     log.info("sum after background subtraction, before normalisation: %.6g", float(psf.total))
     if mask is not None:
         log.info("outside the OTF support (mask %g): %.3g%% of the energy, removed", mask, 100 * float(psf.masked_fraction))
-    out = eprjax.Image(
-        np.asarray(psf.value), voxel_size_um=(step, pixel, pixel),
-        history=image.history + (history_line(),),
-    ).add_history(
-        f"preppsf: centre x {cx:.3f} y {cy:.3f} z {cz:.3f}, background {float(psf.background):.4g}"
-    )
+    value, voxel = np.asarray(psf.value), (step, pixel, pixel)
+    notes = [f"preppsf: centre x {cx:.3f} y {cy:.3f} z {cz:.3f}, background {float(psf.background):.4g}"]
+    if (super_z, super_xy) != (1, 1):
+        factor = (super_z, super_xy, super_xy)
+        value = np.asarray(eprjax.fine_psf(value, factor))
+        voxel = fine_voxel_size(voxel, factor)
+        log.info("brought onto a grid %dx%dx%d finer (z, y, x): %s", *factor, "x".join(map(str, value.shape)))
+        notes.append(f"preppsf: on a grid {super_z}x{super_xy}x{super_xy} finer (z, y, x), band-limited interpolation")
+    out = eprjax.Image(value, voxel_size_um=voxel, history=image.history + (history_line(),)).add_history(*notes)
     written = eprjax.write(target, out)
     log.info("wrote %s: %s", written, describe(out))
 

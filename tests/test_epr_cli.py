@@ -118,7 +118,7 @@ def test_voxel_sizes_must_agree(prepared, capsys) -> None:
     eprjax.write("psf_other.i2i", psf, voxel_size_um=(0.3, 0.187, 0.187))
     code, err = run(epr_main, ["-psf", "psf_other", "-sm", "0.1", "image_prep", "out"], capsys)
     assert code == 1
-    assert "psf_other: the PSF's voxel size along z is 0.3 um, the data's 0.25 um" in err
+    assert "psf_other: the PSF's voxel size along z is 0.3 um, not the data's 0.25 um" in err
 
 
 def test_refuses_to_overwrite_inputs(prepared, capsys) -> None:

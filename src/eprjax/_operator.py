@@ -1,8 +1,13 @@
-"""The imaging operator H = M (h * .): convolution on the object grid, then a crop to the data.
+"""The imaging operator H = D_k M (h * .): convolution on the object grid, a crop to the
+data's region, and (for restoration onto a finer grid) a sum over k x k (x k) blocks.
 
 The object grid is the data grid padded on each side (DESIGN.md section 2): light from
 outside the field of view is modelled and nothing wraps around ("limited data"). With no
 padding the object grid is the data grid and the model is the plain periodic one.
+
+With a factor k > 1 along an axis (``super_epr``), the object lives on a grid k times finer
+than the data: its region under the data has k times as many voxels along that axis, and each
+data voxel is the sum of the k (k x k, k x k x k) fine voxels it covers.
 """
 
 from __future__ import annotations
@@ -57,44 +62,70 @@ class Grid:
 
     Attributes:
         data_shape: (Z, Y, X) of the data.
-        object_shape: (Z, Y, X) of the object grid, at least data_shape + 2 pad per axis,
-            rounded up to FFT-friendly lengths; equal to data_shape when there is no padding.
-        offset: (z, y, x) index of the data's first voxel in the object grid.
+        object_shape: (Z, Y, X) of the object grid, at least fine_shape + 2 pad per axis,
+            rounded up to FFT-friendly lengths; equal to fine_shape when there is no padding.
+        offset: (z, y, x) index of the data's first (fine) voxel in the object grid.
+        factor: (z, y, x) how many times finer the object grid is than the data's (1: the
+            same sampling).
     """
 
     data_shape: tuple[int, int, int]
     object_shape: tuple[int, int, int]
     offset: tuple[int, int, int]
+    factor: tuple[int, int, int] = (1, 1, 1)
+
+    @property
+    def fine_shape(self) -> tuple[int, int, int]:
+        """(Z, Y, X) of the data's region on the object's sampling: data_shape * factor."""
+        return tuple(d * k for d, k in zip(self.data_shape, self.factor, strict=True))  # type: ignore[return-value]
+
+    @property
+    def binned(self) -> bool:
+        return self.factor != (1, 1, 1)
 
     @property
     def periodic(self) -> bool:
-        return self.object_shape == self.data_shape
+        return self.object_shape == self.fine_shape
 
     @property
     def pad(self) -> tuple[tuple[int, int], ...]:
         """(before, after) padding per axis."""
         return tuple(
-            (o, n - d - o) for o, n, d in zip(self.offset, self.object_shape, self.data_shape, strict=True)
+            (o, n - d - o) for o, n, d in zip(self.offset, self.object_shape, self.fine_shape, strict=True)
         )
 
     @property
     def data_slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(o, o + d) for o, d in zip(self.offset, self.data_shape, strict=True))  # type: ignore[return-value]
+        """Where the data's region lies in the object grid (on the object's sampling)."""
+        return tuple(slice(o, o + d) for o, d in zip(self.offset, self.fine_shape, strict=True))  # type: ignore[return-value]
 
 
-def make_grid(data_shape: Sequence[int], pad: Sequence[int]) -> Grid:
-    """The object grid for data of ``data_shape`` (z, y, x) padded by ``pad`` (z, y, x)
-    voxels on each side; any rounding up to an FFT-friendly length goes to the far side."""
+def factor3(factor: int | Sequence[int]) -> tuple[int, int, int]:
+    """``factor`` as (z, y, x) integers >= 1; a single int applies to Y and X only (Z keeps
+    its sampling, as ``-super K`` does)."""
+    values = (1, factor, factor) if isinstance(factor, (int, np.integer)) else tuple(factor)
+    if len(values) != 3 or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in values):
+        raise ParameterError(f"factor must be an int or (z, y, x) ints, got {factor!r}")
+    if any(k < 1 for k in values):
+        raise ParameterError(f"factor must be >= 1, got {factor!r}")
+    return tuple(int(k) for k in values)  # type: ignore[return-value]
+
+
+def make_grid(data_shape: Sequence[int], pad: Sequence[int], factor: Sequence[int] = (1, 1, 1)) -> Grid:
+    """The object grid for data of ``data_shape`` (z, y, x) on a grid ``factor`` (z, y, x)
+    times finer, padded by ``pad`` (z, y, x) fine voxels on each side; any rounding up to an
+    FFT-friendly length goes to the far side."""
     data_shape = tuple(int(n) for n in data_shape)
     pad = tuple(int(p) for p in pad)
+    factor = factor3(tuple(factor))
     if len(data_shape) != 3 or len(pad) != 3:
         raise ParameterError(f"expected (z, y, x) shapes and pads, got {data_shape} and {pad}")
     if any(p < 0 for p in pad):
         raise ParameterError(f"padding must be >= 0 voxels, got {pad}")
     object_shape = tuple(
-        d if p == 0 else next_fast_length(d + 2 * p) for d, p in zip(data_shape, pad, strict=True)
+        d * k if p == 0 else next_fast_length(d * k + 2 * p) for d, k, p in zip(data_shape, factor, pad, strict=True)
     )
-    return Grid(data_shape, object_shape, pad)  # type: ignore[arg-type]
+    return Grid(data_shape, object_shape, pad, factor)  # type: ignore[arg-type]
 
 
 def default_pad(psf: np.ndarray, data_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -128,31 +159,60 @@ def psf_otf(psf: Float[Array, "pz py px"], grid: Grid) -> tuple[Complex[Array, "
     return jnp.fft.rfftn(jnp.fft.ifftshift(kernel)), jnp.sum(kernel)
 
 
+def bin_blocks(x: Float[Array, "fz fy fx"], factor: Sequence[int]) -> Float[Array, "z y x"]:
+    """D_k: the sum over each factor-sized (z, y, x) block."""
+    (kz, ky, kx), (z, y, xx) = factor, x.shape
+    if (kz, ky, kx) == (1, 1, 1):
+        return x
+    return x.reshape(z // kz, kz, y // ky, ky, xx // kx, kx).sum(axis=(1, 3, 5))
+
+
+def spread_blocks(r: Float[Array, "z y x"], factor: Sequence[int]) -> Float[Array, "fz fy fx"]:
+    """D_k^T: each voxel copied over its factor-sized block (the adjoint of `bin_blocks`)."""
+    (kz, ky, kx), (z, y, x) = factor, r.shape
+    if (kz, ky, kx) == (1, 1, 1):
+        return r
+    r = jnp.broadcast_to(r[:, None, :, None, :, None], (z, kz, y, ky, x, kx))
+    return r.reshape(z * kz, y * ky, x * kx)
+
+
 def forward(
     otf: Complex[Array, "z y xh"], f: Float[Array, "z y x"], grid: Grid
 ) -> Float[Array, "dz dy dx"]:
-    """H f: convolve on the object grid, keep the data grid."""
+    """H f: convolve on the object grid, keep the data's region, sum the fine blocks."""
     blurred = jnp.fft.irfftn(jnp.fft.rfftn(f) * otf, s=grid.object_shape)
-    return blurred if grid.periodic else blurred[grid.data_slices]
+    return bin_blocks(blurred if grid.periodic else blurred[grid.data_slices], grid.factor)
 
 
 def adjoint(
     otf: Complex[Array, "z y xh"], r: Float[Array, "dz dy dx"], grid: Grid
 ) -> Float[Array, "z y x"]:
-    """H^T r: place on the object grid (zeros around), correlate with the PSF."""
+    """H^T r: spread over the fine blocks, place on the object grid (zeros around),
+    correlate with the PSF."""
+    r = spread_blocks(r, grid.factor)
     if not grid.periodic:
         r = jnp.pad(r, grid.pad)
     return jnp.fft.irfftn(jnp.fft.rfftn(r) * jnp.conj(otf), s=grid.object_shape)
 
 
+def power_gain(grid: Grid) -> int:
+    """How much D_k^T D_k multiplies a constant: the number of fine voxels in a block. With
+    s = sum(h), the operator's zero-frequency power gain is s^2 times this."""
+    return math.prod(grid.factor)
+
+
 def describe(grid: Grid) -> str:
-    """``64x256x256 data in a 96x300x300 object grid (pad z 16+16, y 22+22, x 22+22)``."""
-    shape = "x".join(str(n) for n in grid.data_shape)
+    """``64x256x256 data in a 96x300x300 object grid (pad z 16+16, y 22+22, x 22+22)``; onto
+    a finer grid: ``64x256x256 data onto a 64x512x512 grid (factor z 1, y 2, x 2) in ...``."""
+    text = "x".join(str(n) for n in grid.data_shape) + " data"
+    if grid.binned:
+        factors = ", ".join(f"{a} {k}" for a, k in zip("zyx", grid.factor, strict=True))
+        text += f" onto a {'x'.join(str(n) for n in grid.fine_shape)} grid (factor {factors})"
     if grid.periodic:
-        return f"{shape} data, periodic (no padding)"
+        return text + ", periodic (no padding)"
     obj = "x".join(str(n) for n in grid.object_shape)
     pads = ", ".join(f"{a} {lo}+{hi}" for a, (lo, hi) in zip("zyx", grid.pad, strict=True))
-    return f"{shape} data in a {obj} object grid (pad {pads})"
+    return f"{text} in a {obj} object grid (pad {pads})"
 
 
 def voxels(shape: Sequence[int]) -> int:

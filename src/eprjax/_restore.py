@@ -40,7 +40,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._arrays import like, to_jax
 from ._errors import EprjaxError, ParameterError
-from ._operator import Grid, adjoint, default_pad, forward, make_grid, psf_otf
+from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
 
 REFRESH = 50
 LINE_SEARCH_STEPS = 12
@@ -278,8 +278,10 @@ def _finish(state: _State, otf, tol, *, grid: Grid):
 
 
 def _prepare(data, psf, alpha, grid: Grid):
+    """The OTF and lam = alpha s^2 k: on a grid k (voxels per block) times finer, the
+    operator's zero-frequency power gain is s^2 k, so alpha keeps its meaning."""
     otf, s = psf_otf(psf, grid)
-    return otf, (alpha * s * s).astype(data.dtype)
+    return otf, (alpha * s * s * power_gain(grid)).astype(data.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "history_length"))
@@ -404,7 +406,7 @@ def _pad3(pad: int | Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(p) for p in values)  # type: ignore[return-value]
 
 
-def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, segment, overlap, memory_bytes, *, history, callback, throw, devices):
+def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, factor, segment, overlap, memory_bytes, *, history, callback, throw, devices):
     from ._segments import cut, plan_segments, recompose
 
     if g.ndim != 3 or history or callback is not None:
@@ -413,9 +415,9 @@ def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, segment, ove
         raise ParameterError("segments cannot be restored under a JAX transformation (jit, grad, vmap)")
     plan = plan_segments(
         g.shape, np.asarray(h), segment=None if segment == "auto" else segment, overlap=overlap, pad=pad,
-        memory_bytes=memory_bytes,
+        memory_bytes=memory_bytes, factor=factor,
     )
-    grid = make_grid((g.shape[0], *plan.segment), plan.pad)
+    grid = make_grid((g.shape[0], *plan.segment), plan.pad, factor)
     stacked = cut(np.asarray(g), plan)
     available = jax.local_devices()
     n = len(available) if devices is None else int(devices)
@@ -438,7 +440,7 @@ def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, segment, ove
         grid=grid, batch=batch, mesh=mesh,
     )
     f, k, rel, result = (np.asarray(x)[: plan.count] for x in (f, k, rel, result))
-    value = recompose(f, plan)
+    value = recompose(f, plan.finer())
     worst = jnp.asarray(np.max(result))
     if throw and int(worst) == NONFINITE:
         raise EprjaxError(MESSAGES[NONFINITE])
@@ -471,6 +473,7 @@ def restore(
     tol: float = 1e-3,
     max_iterations: int = 300,
     pad: int | Sequence[int] | None = None,
+    factor: int | Sequence[int] = 1,
     history: bool = False,
     callback: ProgressCallback | None = None,
     callback_interval: float | None = None,
@@ -487,7 +490,8 @@ def restore(
             restored side by side); NumPy, JAX, CuPy or PyTorch. Integers become float32.
         psf: the point spread function h, (Z, Y, X), origin at index shape // 2 (as preppsf
             writes it); finite, non-negative, with a positive sum. Any size: it is cropped or
-            padded around its origin to the object grid.
+            padded around its origin to the object grid. Sampled like the object: with a
+            ``factor``, on the finer grid (`fine_psf` brings one sampled like the data there).
         alpha: the smoothness (``-sm``), >= 0: a noise-to-signal power ratio, independent of
             how the PSF is normalised. RNL^2 from prepdata is a good first value. May be a
             traced JAX scalar.
@@ -496,7 +500,12 @@ def restore(
         max_iterations: the iteration cap (``-it``).
         pad: voxels added on each side of the data, an int or (z, y, x): the object grid on
             which light from outside the field is modelled. None: half the PSF's support
-            (rounded up to FFT-friendly sizes); 0: the periodic model on the data grid.
+            (rounded up to FFT-friendly sizes); 0: the periodic model on the data grid. In
+            voxels of the object's grid.
+        factor: restore onto a grid this many times finer than the data's (``super_epr``):
+            an int for Y and X (Z kept), or (z, y, x). The model sums each block of fine
+            voxels into one data voxel; ``.value`` is ``factor`` times larger along each axis,
+            and a block of it sums to what the coarse restoration would give for its voxel.
         history: also return the per-iteration record (`History`).
         callback: for progress reports: called as the iteration goes with (iterations done,
             relative gradient, dual objective, last step, active fraction), NumPy values
@@ -544,16 +553,18 @@ def restore(
         check_psf(h)
     if _concrete(g) and not bool(jnp.all(jnp.isfinite(g))):
         raise ParameterError("the data hold NaN or infinite values")
+    k = factor3(factor)
+    fine_shape = tuple(n * f for n, f in zip(g.shape[-3:], k, strict=True))
     if pad is None:
         if not _concrete(h):
             raise ParameterError("give pad explicitly when the PSF is traced (it sets the array shapes)")
-        pad = default_pad(np.asarray(h), g.shape[-3:])
+        pad = default_pad(np.asarray(h), fine_shape)
     if segment is not None:
         return _restore_segmented(
-            data, g, h, alpha, tol, int(max_iterations), _pad3(pad), segment, overlap, memory_bytes,
+            data, g, h, alpha, tol, int(max_iterations), _pad3(pad), k, segment, overlap, memory_bytes,
             history=history, callback=callback, throw=throw, devices=devices,
         )
-    grid = make_grid(g.shape[-3:], _pad3(pad))
+    grid = make_grid(g.shape[-3:], _pad3(pad), k)
     alpha_array = jnp.asarray(alpha, dtype)
     history_length = int(max_iterations) if history else 0
     tol_array = jnp.asarray(tol, dtype)

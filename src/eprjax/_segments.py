@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from ._errors import ParameterError
-from ._operator import make_grid, psf_half_support, voxels
+from ._operator import factor3, make_grid, psf_half_support, voxels
 
 BYTES_PER_OBJECT_VOXEL = 60  # peak bytes per object-grid voxel, float32: measured 49-60 (CPU, 64-128x256x256)
 MEMORY_MARGIN = 0.5  # use at most this share of the device's memory
@@ -29,7 +29,9 @@ class SegmentPlan:
     ``starts`` (y, x), overlapping by at least ``overlap`` (y, x); each padded by ``pad``
     (z, y, x) on each side; restored ``batch`` at a time. Where two segments meet, each
     leaves out ``margin`` voxels at its edge (its restoration is least sure there) and the
-    two are blended across the rest of the overlap."""
+    two are blended across the rest of the overlap. With a ``factor`` (z, y, x) the segments
+    are restored onto a grid that many times finer: sizes, starts, overlaps and margins are
+    in data voxels, ``pad`` in fine voxels, and `finer` gives the plan of the result."""
 
     data_shape: tuple[int, int, int]
     segment: tuple[int, int]
@@ -38,6 +40,7 @@ class SegmentPlan:
     pad: tuple[int, int, int]
     batch: int
     margin: tuple[int, int] = (0, 0)  # (y, x) edge voxels of a segment, where it meets another, left out
+    factor: tuple[int, int, int] = (1, 1, 1)
 
     @property
     def count(self) -> int:
@@ -45,7 +48,19 @@ class SegmentPlan:
 
     @property
     def object_shape(self) -> tuple[int, int, int]:
-        return make_grid((self.data_shape[0], *self.segment), self.pad).object_shape
+        return make_grid((self.data_shape[0], *self.segment), self.pad, self.factor).object_shape
+
+    def finer(self) -> SegmentPlan:
+        """The same plan on the restoration's (fine) grid, for recomposing the result."""
+        kz, ky, kx = self.factor
+        if self.factor == (1, 1, 1):
+            return self
+        z, ny, nx = self.data_shape
+        return dataclasses.replace(
+            self, data_shape=(z * kz, ny * ky, nx * kx), segment=(self.segment[0] * ky, self.segment[1] * kx),
+            overlap=(self.overlap[0] * ky, self.overlap[1] * kx), starts=tuple((y * ky, x * kx) for y, x in self.starts),
+            margin=(self.margin[0] * ky, self.margin[1] * kx), factor=(1, 1, 1),
+        )
 
     @property
     def peak_bytes(self) -> int:
@@ -57,7 +72,9 @@ class SegmentPlan:
         nx = len({s[1] for s in self.starts})
         return (
             f"{self.count} segments ({ny} x {nx}) of {self.data_shape[0]}x{self.segment[0]}x{self.segment[1]}, "
-            f"overlap {self.overlap[0]}x{self.overlap[1]}, object grid {'x'.join(map(str, self.object_shape))}, "
+            f"overlap {self.overlap[0]}x{self.overlap[1]}, "
+            + ("" if self.factor == (1, 1, 1) else f"restored onto a grid {'x'.join(map(str, self.factor))} finer, ")
+            + f"object grid {'x'.join(map(str, self.object_shape))}, "
             f"{self.batch} at a time, predicted peak {self.peak_bytes / 2**20:.0f} MiB"
         )
 
@@ -94,6 +111,7 @@ def plan_segments(
     pad: Sequence[int] | None = None,
     memory_bytes: int | None = None,
     batch: int | None = None,
+    factor: Sequence[int] = (1, 1, 1),
 ) -> SegmentPlan:
     """The segment plan for data of ``data_shape`` (Z, Y, X), without running anything.
 
@@ -107,10 +125,14 @@ def plan_segments(
         pad: (z, y, x) padding of each segment; default: half the PSF's support.
         memory_bytes: the budget; default: half of the device's memory.
         batch: segments restored at once; default: as many as fit the budget.
+        factor: (z, y, x): restore onto a grid this many times finer (the PSF sampled on it;
+            ``pad`` in its voxels, the rest in data voxels).
     """
     z, ny, nx = (int(n) for n in data_shape)
-    half = psf_half_support(np.asarray(psf))
-    pad = tuple(int(p) for p in (pad if pad is not None else half))
+    factor = factor3(tuple(factor))
+    fine_half = psf_half_support(np.asarray(psf))
+    half = tuple(-(-h // k) for h, k in zip(fine_half, factor, strict=True))  # in data voxels
+    pad = tuple(int(p) for p in (pad if pad is not None else fine_half))
     if len(pad) != 3 or min(pad) < 0:
         raise ParameterError(f"pad must be (z, y, x) >= 0, got {pad}")
     overlap = tuple(int(o) for o in (overlap if overlap is not None else (6 * max(1, half[1]) + 2, 6 * max(1, half[2]) + 2)))
@@ -121,7 +143,7 @@ def plan_segments(
         side = max(ny, nx)
         while side > 1:
             trial = (min(side, ny), min(side, nx))
-            if voxels(make_grid((z, *trial), pad).object_shape) * BYTES_PER_OBJECT_VOXEL <= budget:
+            if voxels(make_grid((z, *trial), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL <= budget:
                 break
             side = math.ceil(side * 0.85)
         segment = (min(side, ny), min(side, nx))
@@ -131,7 +153,7 @@ def plan_segments(
         if s < n and s <= o:
             raise ParameterError(f"segments of {segment} voxels cannot overlap by {overlap}: make them larger than the overlap")
     starts = tuple((y, x) for y in _starts(ny, segment[0], overlap[0]) for x in _starts(nx, segment[1], overlap[1]))
-    per = voxels(make_grid((z, *segment), pad).object_shape) * BYTES_PER_OBJECT_VOXEL
+    per = voxels(make_grid((z, *segment), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
     if per > budget and memory_bytes is not None:
         raise ParameterError(
             f"one {z}x{segment[0]}x{segment[1]} segment needs about {per / 2**20:.0f} MiB, over the budget of {budget / 2**20:.0f} MiB"
@@ -141,7 +163,7 @@ def plan_segments(
     if batch < 1:
         raise ParameterError(f"batch must be >= 1, got {batch}")
     margin = tuple(min(half[1 + a], max(0, (overlap[a] - 2) // 2)) for a in range(2))
-    return SegmentPlan((z, ny, nx), segment, overlap, starts, pad, batch, margin)  # type: ignore[arg-type]
+    return SegmentPlan((z, ny, nx), segment, overlap, starts, pad, batch, margin, factor)  # type: ignore[arg-type]
 
 
 def _ramp(n: int, overlap: int, margin: int, before: bool, after: bool) -> np.ndarray:
