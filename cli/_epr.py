@@ -111,7 +111,8 @@ def psf_on_object_grid(
         return h
     fine_h = np.asarray(eprjax.fine_psf(h, tuple(steps)))
     log.info(
-        "the PSF, sampled like the data, brought onto the %dx%dx%d finer grid by band-limited interpolation: %s -> %s",
+        "the PSF, sampled like the data, brought onto the %dx%dx%d finer grid by band-limited interpolation: %s -> %s "
+        "(it holds no detail finer than the data's sampling; a PSF measured or computed on the fine grid resolves more)",
         *factor, "x".join(map(str, h.shape)), "x".join(map(str, fine_h.shape)),
     )
     return fine_h
