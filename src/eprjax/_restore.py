@@ -40,6 +40,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._arrays import like, to_jax
 from ._errors import EprjaxError, ParameterError
+from ._implicit import implicit_gradients
 from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
 
 REFRESH = 50
@@ -126,10 +127,12 @@ def _slope_terms(w, v):
     return _sums(jnp.where(w > 0, w * v, 0), jnp.where((w > 0) | ((w == 0) & (v > 0)), v * v, 0))
 
 
-def _refine_step(u, v, a, b, t, p, q, p0):
+def _refine_step(u, v, a, b, t, p, q, p0, *, fixed: bool = False):
     """Bracketed Newton steps on the slope phi'(t) = sum max(0, u + t v) v + a + t b, from
     a first step t (slope p, right derivative q) that was not exact because the active set
-    changed along it. Returns the step."""
+    changed along it. Returns the step. ``fixed``: always `LINE_SEARCH_STEPS` steps (those
+    after the tolerance is met change nothing), so that reverse-mode differentiation can
+    go through them."""
     tiny = jnp.finfo(u.dtype).tiny
     zero = jnp.zeros((), u.dtype)
     lo, hi = jnp.where(p < 0, t, zero), jnp.where(p > 0, t, jnp.asarray(jnp.inf, u.dtype))
@@ -148,6 +151,11 @@ def _refine_step(u, v, a, b, t, p, q, p0):
         lo, hi = jnp.where(p < 0, t, lo), jnp.where(p > 0, t, hi)
         return j + 1, t, p, q, lo, hi
 
+    if fixed:
+        def masked(_, s):
+            return jax.tree.map(lambda new, old: jnp.where(cond(s), new, old), body(s), s)
+
+        return jax.lax.fori_loop(0, LINE_SEARCH_STEPS, masked, (0, t, p, q, lo, hi))[1]
     return jax.lax.while_loop(cond, body, (0, t, p, q, lo, hi))[1]
 
 
@@ -201,6 +209,40 @@ def _start(g, otf, *, grid: Grid, history_length: int) -> _State:
     )
 
 
+def _step(s: _State, g, otf, lam, *, grid: Grid, track: bool, fixed: bool = False) -> _State:
+    """One iteration (see `_advance`); ``fixed``: a line search of fixed length (`_refine_step`)."""
+    tiny = jnp.finfo(g.dtype).tiny
+    k, c, u, d, v = s.k, s.c, s.u, s.d, s.v
+    b = lam * s.dd
+    a = s.gd - s.fv  # so that phi'(t) = sum max(0, u + t v) v + a + t b
+    p0, q0 = s.gd, jnp.maximum(s.vv + b, tiny)
+    t = jnp.where(p0 < 0, -p0 / q0, 0)
+    first, second = _slope_terms(u + t * v, v)
+    p, q = first + a + t * b, jnp.maximum(second + b, tiny)
+    exact = jnp.abs(p) <= LINE_SEARCH_TOLERANCE * jnp.abs(p0)
+    t = jax.lax.cond(exact, lambda: t, lambda: _refine_step(u, v, a, b, t, p, q, p0, fixed=fixed))
+    c = c + t * d
+    u = u + t * v
+    f = jnp.maximum(u, 0)
+    new = forward(otf, f, grid) + lam * c - g
+    gg, cross, nd = _sums(new * new, new * s.grad, new * d)
+    beta = jnp.maximum(0, (gg - cross) / jnp.maximum(s.gg, tiny))  # Polak-Ribiere+
+    beta = jnp.where(-gg + beta * nd < 0, beta, 0)  # not a descent direction: restart
+    w = adjoint(otf, new, grid)
+    d = -new + beta * d
+    v = -w + beta * v
+    fv, vv = _slope_terms(u, v)
+    hist = s.hist
+    if track:
+        objective, active = _statistics(eqx.tree_at(lambda x: (x.c, x.u), s, (c, u)), g, lam)
+        values = (objective, jnp.sqrt(gg) / s.scale, t, active)
+        hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, values, strict=True))
+    return _State(
+        k=k + 1, c=c, u=u, grad=new, d=d, v=v, gg=gg, gd=-gg + beta * nd,
+        dd=gg - 2 * beta * nd + beta * beta * s.dd, fv=fv, vv=vv, step=t, scale=s.scale, hist=hist,
+    )
+
+
 def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool) -> _State:
     """Iterate until converged, or until ``until`` iterations are done in all.
 
@@ -208,43 +250,11 @@ def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool)
     in the same pass that moves u; more steps only when the active set changed a lot), then
     the new gradient (one FFT pair) and the new direction with its image v (one FFT pair).
     """
-    dtype = g.dtype
-    tiny = jnp.finfo(dtype).tiny
+    body = functools.partial(_step, g=g, otf=otf, lam=lam, grid=grid, track=track)
 
     def going(s: _State, end):
         rel = s.relative_gradient
         return (s.k < end) & (rel >= tol) & jnp.isfinite(rel)
-
-    def body(s: _State) -> _State:
-        k, c, u, d, v = s.k, s.c, s.u, s.d, s.v
-        b = lam * s.dd
-        a = s.gd - s.fv  # so that phi'(t) = sum max(0, u + t v) v + a + t b
-        p0, q0 = s.gd, jnp.maximum(s.vv + b, tiny)
-        t = jnp.where(p0 < 0, -p0 / q0, 0)
-        first, second = _slope_terms(u + t * v, v)
-        p, q = first + a + t * b, jnp.maximum(second + b, tiny)
-        exact = jnp.abs(p) <= LINE_SEARCH_TOLERANCE * jnp.abs(p0)
-        t = jax.lax.cond(exact, lambda: t, lambda: _refine_step(u, v, a, b, t, p, q, p0))
-        c = c + t * d
-        u = u + t * v
-        f = jnp.maximum(u, 0)
-        new = forward(otf, f, grid) + lam * c - g
-        gg, cross, nd = _sums(new * new, new * s.grad, new * d)
-        beta = jnp.maximum(0, (gg - cross) / jnp.maximum(s.gg, tiny))  # Polak-Ribiere+
-        beta = jnp.where(-gg + beta * nd < 0, beta, 0)  # not a descent direction: restart
-        w = adjoint(otf, new, grid)
-        d = -new + beta * d
-        v = -w + beta * v
-        fv, vv = _slope_terms(u, v)
-        hist = s.hist
-        if track:
-            objective, active = _statistics(eqx.tree_at(lambda x: (x.c, x.u), s, (c, u)), g, lam)
-            values = (objective, jnp.sqrt(gg) / s.scale, t, active)
-            hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, values, strict=True))
-        return _State(
-            k=k + 1, c=c, u=u, grad=new, d=d, v=v, gg=gg, gd=-gg + beta * nd,
-            dd=gg - 2 * beta * nd + beta * beta * s.dd, fv=fv, vv=vv, step=t, scale=s.scale, hist=hist,
-        )
 
     def block(s: _State) -> _State:
         # every REFRESH iterations u (and with it the slope terms) comes from c itself, so
@@ -269,11 +279,14 @@ def _refreshed(state: _State, otf, grid: Grid) -> _State:
     return eqx.tree_at(lambda s: (s.u, s.fv, s.vv), state, (u, fv, vv))
 
 
-def _finish(state: _State, otf, tol, *, grid: Grid):
-    """f = max(0, H^T c) from c itself (not the running u), the iterations, the result."""
+def _finish(state: _State, otf, tol, *, grid: Grid, crop: bool = True):
+    """f = max(0, H^T c) from c itself (not the running u), the iterations, the result;
+    ``crop``: f on the data's region, else on the whole object grid."""
     rel = state.relative_gradient
     result = jnp.where(~jnp.isfinite(rel), NONFINITE, jnp.where(rel < tol, CONVERGED, MAX_ITERATIONS))
-    f = jnp.maximum(adjoint(otf, state.c, grid), 0)[grid.data_slices]
+    f = jnp.maximum(adjoint(otf, state.c, grid), 0)
+    if crop:
+        f = f[grid.data_slices]
     return f, state.k, rel, result, state.hist
 
 
@@ -284,15 +297,74 @@ def _prepare(data, psf, alpha, grid: Grid):
     return otf, (alpha * s * s * power_gain(grid)).astype(data.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "history_length"))
-def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length: int):
-    """The whole restoration, one compiled region."""
-    otf, lam = _prepare(data, psf, alpha, grid)
+def _object(g, h, alpha, tol, max_iterations, *, grid: Grid, history_length: int):
+    """One volume restored: f on the whole object grid, iterations, relative gradient,
+    result, history."""
+    otf, lam = _prepare(g, h, alpha, grid)
+    state = _start(g, otf, grid=grid, history_length=history_length)
+    state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
+    return _finish(state, otf, tol, grid=grid, crop=False)
 
-    def one(g):
-        state = _start(g, otf, grid=grid, history_length=history_length)
-        state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
-        return _finish(state, otf, tol, grid=grid)
+
+@functools.cache
+def _differentiable(grid: Grid, history_length: int):
+    """`_object` with exact reverse-mode gradients in (data, PSF, alpha) by implicit
+    differentiation (`_implicit`): the backward pass is one conjugate-gradient solve."""
+    run = functools.partial(_object, grid=grid, history_length=history_length)
+
+    @jax.custom_vjp
+    def core(g, h, alpha, tol, max_iterations):
+        return run(g, h, alpha, tol, max_iterations)
+
+    def fwd(g, h, alpha, tol, max_iterations):
+        out = run(g, h, alpha, tol, max_iterations)
+        return out, (g, h, alpha, out[0])
+
+    def bwd(residuals, cotangents):
+        g, h, alpha, f = residuals
+        dg, dh, dalpha = implicit_gradients(g, h, alpha, f, cotangents[0], grid=grid)
+        return dg, dh, dalpha, None, None
+
+    core.defvjp(fwd, bwd)
+    return core
+
+
+def _unrolled(g, h, alpha, tol, *, iterations: int, grid: Grid):
+    """`_object` as a fixed number of iterations (those after convergence change nothing),
+    each checkpointed, with fixed-length line searches: reverse-mode differentiation goes
+    through the iterations themselves. For comparison with the implicit gradients; memory
+    grows with the iterations (one state per iteration)."""
+    otf, lam = _prepare(g, h, alpha, grid)
+    state = _start(g, otf, grid=grid, history_length=0)
+
+    @jax.checkpoint
+    def one(s, _):
+        s = jax.lax.cond((s.k > 0) & (s.k % REFRESH == 0), lambda s: _refreshed(s, otf, grid), lambda s: s, s)
+        new = _step(s, g, otf, lam, grid=grid, track=False, fixed=True)
+        rel = s.relative_gradient
+        going = (rel >= tol) & jnp.isfinite(rel)
+        return jax.tree.map(lambda a, b: jnp.where(going, a, b), new, s), None
+
+    state, _ = jax.lax.scan(one, state, None, length=iterations)
+    return _finish(state, otf, tol, grid=grid, crop=False)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "history_length", "unrolled"))
+def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length: int, unrolled: int = 0):
+    """The whole restoration, one compiled region; ``unrolled`` > 0: that many iterations,
+    differentiated through (`_unrolled`)."""
+    if unrolled:
+        run = functools.partial(_unrolled, iterations=unrolled, grid=grid)
+
+        def one(g):
+            f, k, rel, result, hist = run(g, psf, alpha, tol)
+            return f[grid.data_slices], k, rel, result, hist
+    else:
+        core = _differentiable(grid, history_length)
+
+        def one(g):
+            f, k, rel, result, hist = core(g, psf, alpha, tol, max_iterations)
+            return f[grid.data_slices], k, rel, result, hist
 
     for _ in range(data.ndim - 3):
         one = jax.vmap(one)
@@ -481,6 +553,7 @@ def restore(
     overlap: tuple[int, int] | None = None,
     memory_bytes: int | None = None,
     devices: int | None = None,
+    differentiate: str = "implicit",
     throw: bool = True,
 ) -> Solution:
     """Restore a 3-D image by EPR: regularised, non-negative least squares (DESIGN.md §2).
@@ -520,6 +593,12 @@ def restore(
         memory_bytes: with ``segment``: the memory budget (default half the device's).
         devices: with ``segment``: how many local devices share the segments (default all);
             each restores its share, every FFT on its own device.
+        differentiate: how `jax.grad` and `jax.vjp` go through the restoration (of any loss
+            of ``.value``, in the data, the PSF and alpha): ``"implicit"`` (default): exact
+            gradients of the minimiser from its optimality conditions, one conjugate-gradient
+            solve, whatever the iterations; ``"unrolled"``: through the iterations
+            themselves (always ``max_iterations`` of them, each checkpointed; memory grows
+            with them), for comparison. Forward-mode (`jax.jvp`) is not supported.
         throw: raise `EprjaxError` if the iteration broke down (non-finite values).
 
     Returns:
@@ -568,9 +647,15 @@ def restore(
     alpha_array = jnp.asarray(alpha, dtype)
     history_length = int(max_iterations) if history else 0
     tol_array = jnp.asarray(tol, dtype)
+    if differentiate not in ("implicit", "unrolled"):
+        raise ParameterError(f"differentiate must be 'implicit' or 'unrolled', got {differentiate!r}")
+    unrolled = int(max_iterations) if differentiate == "unrolled" else 0
+    if unrolled and (history or callback is not None):
+        raise ParameterError("differentiate='unrolled' takes no history or callback")
     if callback is None:
         f, k, rel, result, hist = _solve(
-            g, h, alpha_array, tol_array, jnp.asarray(max_iterations), grid=grid, history_length=history_length
+            g, h, alpha_array, tol_array, jnp.asarray(max_iterations), grid=grid, history_length=history_length,
+            unrolled=unrolled,
         )
     else:
         if not all(_concrete(x) for x in (g, h, alpha_array)):
