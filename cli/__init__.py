@@ -15,6 +15,7 @@ from ._demo import demo
 from ._epr import epr, gpu_epr, super_epr
 from ._mmtoi2i import mmtoi2i
 from ._prep import prepdata, preppsf
+from ._tune import tune
 
 app = _frame.new_app(
     "eprjax",
@@ -27,6 +28,7 @@ _frame.register(app, prepdata, "prepdata")
 _frame.register(app, epr, "epr")
 _frame.register(app, gpu_epr, "gpu_epr")
 _frame.register(app, super_epr, "super_epr")
+_frame.register(app, tune, "tune")
 _frame.register(app, convert, "convert")
 _frame.register(app, mmtoi2i, "mmtoi2i")
 

@@ -23,6 +23,7 @@ from eprjax._segments import MEMORY_MARGIN, device_memory
 
 from ._convert import describe
 from ._frame import RUN, check_output, command, history_line, log_to_file
+from ._tune import choose_alpha
 
 log = logging.getLogger("eprjax")
 
@@ -190,14 +191,20 @@ class Progress:
 _RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)")
 
 
+AUTO = -1.0
+
+
 def parse_smoothness(text: str) -> float | None:
-    """``-sm``: a number >= 0, or None for ``rnl`` (RNL^2 from the input's history)."""
+    """``-sm``: a number >= 0, None for ``rnl`` (RNL^2 from the input's history), `AUTO`
+    for ``auto`` (tuned from the data)."""
     if text.lower() == "rnl":
         return None
+    if text.lower() == "auto":
+        return AUTO
     try:
         value = float(text)
     except ValueError:
-        raise typer.BadParameter(f"expected a number >= 0 or rnl, got {text!r}", param_hint="-smoothness/-sm") from None
+        raise typer.BadParameter(f"expected a number >= 0, rnl or auto, got {text!r}", param_hint="-smoothness/-sm") from None
     if not math.isfinite(value) or value < 0:
         raise typer.BadParameter(f"alpha must be >= 0, got {text}", param_hint="-smoothness/-sm")
     return value
@@ -255,6 +262,7 @@ def _run(
     psf_image = eprjax.read(psf)
     log.info("read %s: %s", input, describe(image))
     alpha = given if given is not None else alpha_from_history(image, input)
+    chosen_by = ""
     log.info("read %s: %s", psf, describe(psf_image))
     if psf_image.ndim == 4:
         raise eprjax.ParameterError(f"{psf}: the PSF has {psf_image.shape[0]} volumes; give one")
@@ -281,6 +289,21 @@ def _run(
         log.info("segments: %s", plan.describe())
     else:
         log.info("the whole volume fits in memory (predicted peak %.0f MiB): no segments", plan.peak_bytes / 2**20)
+    if alpha == AUTO:
+        # one alpha for every volume and segment, tuned on the first volume (its central
+        # segment when it is cut into segments)
+        sample = volumes[0]
+        if segmented:
+            y0 = (sample.shape[1] - plan.segment[0]) // 2
+            x0 = (sample.shape[2] - plan.segment[1]) // 2
+            sample = sample[:, y0 : y0 + plan.segment[0], x0 : x0 + plan.segment[1]]
+        with jax.default_device(chosen):
+            tuning, chosen_by = choose_alpha(
+                sample, h, image, input, pad=plan.pad if segmented else pad_zyx, factor=factor, tol=convergence,
+                iterations=iterations,
+            )
+        alpha = tuning.alpha
+        chosen_by = f" ({chosen_by}, {tuning.evaluations} trial restorations)"
     restored = []
     done = 0
     with jax.default_device(chosen):
@@ -320,7 +343,7 @@ def _run(
     out = image.replace(
         data=result, voxel_size_um=fine_voxel_size(image.voxel_size_um, factor),
         origin=(image.origin[0] * factor[1], image.origin[1] * factor[2]),
-    ).add_history(history_line(), f"epr: alpha {alpha:g}, {done} iterations, {what}")
+    ).add_history(history_line(), f"epr: alpha {alpha:g}{chosen_by}, {done} iterations, {what}")
     written = eprjax.write(target, out)
     log.info("wrote %s", written)
 
@@ -334,7 +357,8 @@ Smoothness = Annotated[
         "-smoothness", "-sm",
         help="alpha, the smoothness: a noise-to-signal power ratio, >= 0. Smaller is sharper and noisier; "
         "RNL^2 from prepdata is a good first value (e.g. 0.0005). 'rnl': take RNL^2 from the input's "
-        "history, where prepdata -gain G -read R put it.",
+        "history, where prepdata -gain G -read R put it. 'auto': choose it from the data (as eprjax tune: "
+        "the discrepancy principle with prepdata's noise, else generalised cross-validation).",
     ),
 ]
 Iterations = Annotated[int, typer.Option("-iterations", "-it", help="The most iterations to run if not converged.")]

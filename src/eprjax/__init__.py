@@ -26,6 +26,10 @@ from ._restore import Solution as Solution
 from ._restore import restore as restore
 from ._segments import SegmentPlan as SegmentPlan
 from ._segments import plan_segments as plan_segments
+from ._tune import Tuning as Tuning
+from ._tune import camera_variance as camera_variance
+from ._tune import noise_variance_from_rnl as noise_variance_from_rnl
+from ._tune import tune_alpha as tune_alpha
 
 try:
     __version__ = importlib.metadata.version("eprjax")

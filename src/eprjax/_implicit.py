@@ -41,7 +41,8 @@ def active_solve(otf, lam, active, rhs, grid: Grid, *, tol=None, max_iterations:
     """w with (P H^T H P + lam) w = P rhs, by conjugate gradients from 0 (w stays on the active
     set, where the matrix is symmetric positive definite). Returns w and the iterations."""
     dtype = rhs.dtype
-    tol = CG_TOLERANCE.get(jnp.dtype(dtype), 1e-6) if tol is None else tol
+    floor = CG_TOLERANCE.get(jnp.dtype(dtype), 1e-6)
+    tol = floor if tol is None else jnp.maximum(floor, tol)
     mask = active.astype(dtype)
 
     def apply(x):
@@ -69,12 +70,13 @@ def active_solve(otf, lam, active, rhs, grid: Grid, *, tol=None, max_iterations:
     return x, k
 
 
-def implicit_gradients(g, h, alpha, f, v, *, grid: Grid):
+def implicit_gradients(g, h, alpha, f, v, *, grid: Grid, tol=None, max_iterations=CG_ITERATIONS):
     """(dL/dg, dL/dh, dL/dalpha) at the restoration ``f`` (object grid) for the cotangent ``v``
-    (object grid)."""
+    (object grid); the solve to a relative residual of ``tol`` (at least the precision's
+    floor): a tenth of the restoration's own tolerance is as far as its f can be trusted."""
     otf, s = psf_otf(h, grid)
     lam = alpha * s * s * power_gain(grid)
-    w, _ = active_solve(otf, lam, f > 0, v, grid)
+    w, _ = active_solve(otf, lam, f > 0, v, grid, tol=tol, max_iterations=max_iterations)
     w, f = jax.lax.stop_gradient(w), jax.lax.stop_gradient(f)
 
     def phi(g, h, alpha):

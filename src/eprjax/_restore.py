@@ -44,6 +44,8 @@ from ._implicit import implicit_gradients
 from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
 
 REFRESH = 50
+GRADIENT_TOLERANCE = 0.1  # the implicit gradients' solve: this times the restoration's tolerance
+GRADIENT_ITERATIONS = 1000  # ... in at most this many iterations, or 4 times the restoration's cap
 LINE_SEARCH_STEPS = 12
 LINE_SEARCH_TOLERANCE = 1e-3  # |phi'(t)| relative to |phi'(0)|
 
@@ -318,11 +320,14 @@ def _differentiable(grid: Grid, history_length: int):
 
     def fwd(g, h, alpha, tol, max_iterations):
         out = run(g, h, alpha, tol, max_iterations)
-        return out, (g, h, alpha, out[0])
+        return out, (g, h, alpha, tol, max_iterations, out[0])
 
     def bwd(residuals, cotangents):
-        g, h, alpha, f = residuals
-        dg, dh, dalpha = implicit_gradients(g, h, alpha, f, cotangents[0], grid=grid)
+        g, h, alpha, tol, max_iterations, f = residuals
+        dg, dh, dalpha = implicit_gradients(
+            g, h, alpha, f, cotangents[0], grid=grid, tol=GRADIENT_TOLERANCE * tol,
+            max_iterations=jnp.maximum(GRADIENT_ITERATIONS, 4 * max_iterations),
+        )
         return dg, dh, dalpha, None, None
 
     core.defvjp(fwd, bwd)

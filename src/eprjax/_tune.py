@@ -1,0 +1,405 @@
+"""Choosing the smoothness alpha from the data: a criterion minimised over log alpha with
+optax (a zoom line search along the gradient's direction), its gradient from the
+restoration's implicit gradients (`_implicit`).
+
+Criteria, each a function of the restoration f_alpha (object grid), the residual
+r = g - H f_alpha on the N data voxels, and the influence operator A = d(H f)/dg =
+H P M^-1 P H^T (P: the active set, M = P H^T H P + lam P):
+
+- ``gcv``, generalised cross-validation (Golub, Heath & Wahba, Technometrics 1979), no noise
+  model needed: V = N ||r||^2 / (N - tr A)^2.
+- ``sure``, Stein's unbiased risk estimate of the error in the data space, for Gaussian
+  noise of variance sigma^2 (per voxel or one number): ||r||^2 - sum sigma^2 +
+  2 tr(Sigma A), reported relative to sum sigma^2.
+- ``discrepancy`` (Morozov): ||r||^2 should equal sum sigma^2; minimised as
+  log(||r||^2 / sum sigma^2)^2.
+- ``reference``: ||f - ref||^2 / ||ref||^2 for a known object (ground truth, or a high-SNR
+  image of the same field) on the restoration's grid.
+
+Traces are estimated with Rademacher probes (Hutchinson, 1989): tr(Sigma A) = E <y, A y>,
+y = Sigma^(1/2) z, and <y, A y> = <b, M^-1 b> with b = P H^T y: one conjugate-gradient solve
+per probe. The probes are drawn once (common random numbers), so the estimate is a smooth
+function of alpha; its derivative in lam is -||M^-1 b||^2, with the active set held fixed,
+as in the implicit gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._arrays import to_jax
+from ._errors import EprjaxError, ParameterError
+from ._implicit import active_solve
+from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
+
+CRITERIA = ("gcv", "sure", "discrepancy", "reference")
+NEEDS_NOISE = ("sure", "discrepancy")
+LOG_ALPHA_RANGE = (math.log(1e-9), math.log(10.0))
+DISCREPANCY_LOWEST = math.log(1e-7)  # below, trial restorations rarely converge: the residual stops falling
+DECADE = math.log(10.0)
+MAX_DECADES = 3.0  # the longest step, in decades of alpha
+LINE_SEARCH_STEPS = 5
+CURVATURE = 0.3  # the line search stops where the slope has fallen to this share
+GRADIENT_TOLERANCE = 1e-3  # d criterion / d log alpha
+STEP_TOLERANCE = 0.1  # in log alpha: 10 %
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """What `tune_alpha` returns.
+
+    Attributes:
+        alpha: the choice.
+        criterion: which criterion was minimised.
+        alphas: every alpha evaluated, in order.
+        values: the criterion there (see the module's notes for each one's scale).
+        evaluations: restorations run (one per alpha evaluated).
+        seconds: the time the tuning took, compilation included.
+    """
+
+    alpha: float
+    criterion: str
+    alphas: np.ndarray
+    values: np.ndarray
+    evaluations: int
+    seconds: float
+
+    def describe(self) -> str:
+        best = int(np.argmin(np.abs(self.alphas - self.alpha)))
+        return (
+            f"alpha {self.alpha:.4g} by {self.criterion} ({self.values[best]:.6g}), "
+            f"{self.evaluations} restorations, {self.seconds:.1f} s"
+        )
+
+
+def noise_variance_from_rnl(data: Any, rnl: float) -> float:
+    """The noise variance that prepdata's residual noise limit implies: RNL = noise RMS /
+    signal RMS, so sigma^2 = RNL^2 * mean(g^2)."""
+    g = np.asarray(data, np.float64)
+    return float(rnl) ** 2 * float(np.mean(g * g))
+
+
+def camera_variance(data: Any, *, gain: float, read_noise: float, offset: float = 0.0) -> np.ndarray:
+    """Per-voxel noise variance, in counts^2, of raw camera counts: Poisson in the electrons
+    ((g - offset) / gain of them) plus Gaussian read noise (electrons RMS)."""
+    if not gain > 0 or not read_noise >= 0:
+        raise ParameterError(f"gain must be > 0 and read noise >= 0, got {gain} and {read_noise}")
+    g = np.asarray(data, np.float64)
+    return (np.maximum(g - offset, 0) / gain + (read_noise / gain) ** 2).astype(np.float32)
+
+
+@functools.cache
+def _trace_function(grid: Grid):
+    """tr(Sigma A) by Hutchinson with fixed probes y (already scaled by Sigma^(1/2)), and its
+    derivative in alpha (the active set, from f, held fixed); solves to ``tol``, in at most
+    the restoration's own iteration cap."""
+
+    def solves(alpha, h, f, probes, tol, max_iterations):
+        otf, s = psf_otf(h, grid)
+        lam = alpha * s * s * power_gain(grid)
+        active = f > 0
+
+        def one(y):
+            b = adjoint(otf, y, grid)
+            w, _ = active_solve(otf, lam, active, b, grid, tol=tol, max_iterations=max_iterations)
+            return jnp.sum(b * w * active), jnp.sum(w * w)
+
+        quad, ww = jax.vmap(one)(probes)
+        return jnp.mean(quad), jnp.mean(ww) * s * s * power_gain(grid)
+
+    @jax.custom_vjp
+    def trace(alpha, h, f, probes, tol, max_iterations):
+        return solves(alpha, h, f, probes, tol, max_iterations)[0]
+
+    def fwd(alpha, h, f, probes, tol, max_iterations):
+        value, slope = solves(alpha, h, f, probes, tol, max_iterations)
+        return value, -slope
+
+    def bwd(slope, cotangent):
+        return cotangent * slope, None, None, None, None, None
+
+    trace.defvjp(fwd, bwd)
+    return trace
+
+
+def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+    from ._restore import _differentiable
+
+    alpha = jnp.exp(log_alpha)
+    f = _differentiable(grid, 0)(g, h, alpha, tol, max_iterations)[0]
+    otf, _ = psf_otf(h, grid)
+    r = g - forward(otf, f, grid)
+    rr = jnp.sum(r * r)
+    n = g.size
+    if kind == "reference":
+        d = f[grid.data_slices] - reference
+        return jnp.log(jnp.sum(d * d) / jnp.sum(reference * reference))
+    noise = jnp.sum(jnp.broadcast_to(variance, g.shape))
+    if kind == "discrepancy":
+        return jnp.log(rr / noise)  # a root is sought, not a minimum
+    trace = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
+    if kind == "gcv":
+        return jnp.log(n * rr / (n - trace) ** 2)
+    return (rr - noise + 2 * trace) / noise  # sure
+
+
+def _optimiser():
+    """Each step: a decade downhill (by the gradient's sign), scaled by optax's zoom line
+    search (cubic interpolation of values and gradients; strong Wolfe conditions, the slope
+    down to `CURVATURE` of its start). In one dimension two or three such steps settle."""
+    import optax
+
+    downhill = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(lambda d: -jnp.sign(d) * DECADE, updates), state),
+    )
+    return optax.chain(
+        downhill,
+        optax.scale_by_zoom_linesearch(max_linesearch_steps=LINE_SEARCH_STEPS, max_learning_rate=MAX_DECADES, curv_rtol=CURVATURE),
+    )
+
+
+_RECORDERS: list[Any] = []  # where the evaluations of the tuning in progress go
+
+
+def _record(log_alpha, value) -> None:
+    if _RECORDERS:
+        _RECORDERS[-1](float(np.exp(log_alpha)), float(value))
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "kind"))
+def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+    """One step of `_optimiser` on the criterion, compiled once per shape and criterion."""
+    import optax
+
+    lo, hi = LOG_ALPHA_RANGE
+
+    def objective(x):
+        x = jnp.clip(x, lo, hi)
+        value = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+        jax.debug.callback(_record, x, value)
+        return value
+
+    value, grad = optax.value_and_grad_from_state(objective)(log_alpha, state=state)
+    updates, state = _optimiser().update(grad, state, log_alpha, value=value, grad=grad, value_fn=objective)
+    return value, grad, updates, state
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "kind", "slope"))
+def _value_and_slope(log_alpha, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str, slope: bool):
+    """The criterion and (``slope``) its derivative in log alpha, compiled once per shape
+    and criterion."""
+    args = (log_alpha, g, h, probes, variance, reference, tol, max_iterations)
+    if slope:
+        return jax.value_and_grad(_criterion)(*args, grid=grid, kind=kind)
+    return _criterion(*args, grid=grid, kind=kind), jnp.zeros_like(log_alpha)
+
+
+def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
+    """The root of an increasing function L(x) of x = log alpha, from its values and slopes:
+    Newton steps (at most `MAX_DECADES` decades) until the root is bracketed, then secant
+    steps inside the bracket (Illinois), until the bracket or the step is below
+    `STEP_TOLERANCE`."""
+    x = x0
+    value, slope = evaluate(x)
+    below = above = None  # (x, L) with L < 0, L > 0
+    for _ in range(steps):
+        if value < 0:
+            below = (x, value)
+        else:
+            above = (x, value)
+        if below is not None and above is not None:
+            (xa, la), (xb, lb) = below, above
+            if abs(xb - xa) < STEP_TOLERANCE:
+                return
+            nx = xa - la * (xb - xa) / (lb - la)
+        else:
+            step = -value / slope if slope > 0 else (MAX_DECADES * DECADE if value < 0 else -MAX_DECADES * DECADE)
+            nx = x + float(np.clip(step, -MAX_DECADES * DECADE, MAX_DECADES * DECADE))
+        nx = float(np.clip(nx, lo, hi))
+        if abs(nx - x) < STEP_TOLERANCE / 2:
+            return
+        x = nx
+        value, slope = evaluate(x)
+        if slope <= 0 and (below is None or above is None):
+            break  # not increasing here: the trial restorations stopped short of converging
+        if below is not None and above is not None:  # Illinois: keep the secant from stalling
+            if value < 0 and below[1] < 0 and x != below[0]:
+                above = (above[0], above[1] / 2)
+            elif value >= 0 and x != above[0]:
+                below = (below[0], below[1] / 2)
+    if below is None or above is None:
+        raise _NoRoot(value)
+
+
+class _NoRoot(Exception):
+    pass
+
+
+def _minimum(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
+    """The minimum of a function of x = log alpha from its values alone: a decade at a time
+    (doubling) until a lower point lies between two higher ones, then parabolic steps
+    through the best three (golden-section where a parabola would not help), until the
+    bracket is narrower than `STEP_TOLERANCE`."""
+    points = {x0: evaluate(x0)[0]}
+    step = DECADE
+    second = min(hi, x0 + step) if x0 + step <= hi else max(lo, x0 - step)
+    points[second] = evaluate(second)[0]
+    direction = 1.0 if (points[second] < points[x0]) == (second > x0) else -1.0
+    for _ in range(steps):
+        xs = sorted(points)
+        best = min(xs, key=points.get)
+        i = xs.index(best)
+        if 0 < i < len(xs) - 1:
+            a, c = xs[i - 1], xs[i + 1]
+            if c - a < STEP_TOLERANCE:
+                return
+            fa, fb, fc = points[a], points[best], points[c]
+            denominator = (best - a) * (fb - fc) - (best - c) * (fb - fa)
+            nx = best - 0.5 * ((best - a) ** 2 * (fb - fc) - (best - c) ** 2 * (fb - fa)) / denominator if denominator else best
+            if not a < nx < c or abs(nx - best) < STEP_TOLERANCE / 4:
+                wide = (a, best) if best - a > c - best else (best, c)
+                nx = wide[0] + 0.382 * (wide[1] - wide[0]) if wide[0] == best else wide[1] - 0.382 * (wide[1] - wide[0])
+        else:
+            edge = xs[0] if i == 0 else xs[-1]
+            direction = -1.0 if i == 0 else 1.0
+            nx = float(np.clip(edge + direction * step, lo, hi))
+            step *= 2
+            if nx in points:
+                return  # the end of the range is the best
+        points[nx] = evaluate(nx)[0]
+
+
+def tune_alpha(
+    data: Any,
+    psf: Any,
+    *,
+    criterion: str = "gcv",
+    noise_variance: Any = None,
+    reference: Any = None,
+    start: float | None = None,
+    pad: int | Sequence[int] | None = None,
+    factor: int | Sequence[int] = 1,
+    tol: float = 1e-3,
+    max_iterations: int = 300,
+    probes: int = 2,
+    steps: int = 10,
+    seed: int = 0,
+    callback=None,
+) -> Tuning:
+    """Choose alpha for ``restore(data, psf, alpha=...)`` by minimising a criterion over log
+    alpha (optax's zoom line search along the gradient's direction; gradients by implicit
+    differentiation).
+
+    Args:
+        data, psf: as for `restore` (one volume, Z, Y, X).
+        criterion: ``"gcv"`` (no noise model needed), ``"sure"`` or ``"discrepancy"`` (need
+            ``noise_variance``), ``"reference"`` (needs ``reference``). See the module notes.
+        noise_variance: the noise variance in the data's units: one number or per voxel
+            (`camera_variance`, `noise_variance_from_rnl`).
+        reference: the object to compare with, on the restoration's grid.
+        start: the first alpha (default 1e-3).
+        pad, factor, tol, max_iterations: as for `restore`; each evaluation restores with them.
+        probes: Hutchinson probes for the trace (gcv, sure).
+        steps: the most line-search steps.
+        seed: for the probes.
+        callback: called with (alpha, value) after each evaluation.
+
+    Returns:
+        A `Tuning`: ``.alpha`` and the criterion along the way.
+    """
+    began = time.perf_counter()
+    if criterion not in CRITERIA:
+        raise ParameterError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    g = to_jax(data, "data")
+    h = to_jax(psf, "psf")
+    if g.ndim != 3 or h.ndim != 3:
+        raise ParameterError(f"tuning takes one (Z, Y, X) volume and a (Z, Y, X) PSF, got {tuple(g.shape)} and {tuple(h.shape)}")
+    dtype = jnp.float64 if (g.dtype == jnp.float64 and jax.config.jax_enable_x64) else jnp.float32
+    g, h = g.astype(dtype), h.astype(dtype)
+    k = factor3(factor)
+    fine_shape = tuple(n * f for n, f in zip(g.shape, k, strict=True))
+    if pad is None:
+        pad = default_pad(np.asarray(h), fine_shape)
+    pad3 = (pad,) * 3 if isinstance(pad, (int, np.integer)) else tuple(pad)
+    grid = make_grid(g.shape, pad3, k)
+    variance = jnp.zeros((), dtype)
+    if criterion in NEEDS_NOISE:
+        if noise_variance is None:
+            raise ParameterError(f"the {criterion} criterion needs the noise variance (from the camera's gain and read noise, or prepdata's RNL)")
+    if noise_variance is not None:
+        variance = jnp.asarray(noise_variance, dtype)
+        if variance.ndim not in (0, 3) or (variance.ndim == 3 and variance.shape != g.shape) or not bool(jnp.all(variance >= 0)):
+            raise ParameterError("noise_variance must be one number >= 0 or one per data voxel")
+    ref = jnp.zeros((), dtype)
+    if criterion == "reference":
+        if reference is None:
+            raise ParameterError("the reference criterion needs a reference object")
+        ref = to_jax(reference, "reference").astype(dtype)
+        if ref.shape != fine_shape:
+            raise ParameterError(f"the reference must have the restoration's shape {fine_shape}, got {tuple(ref.shape)}")
+    key = jax.random.PRNGKey(seed)
+    z = jax.random.rademacher(key, (max(1, int(probes)), *g.shape), dtype)
+    scaled = z * jnp.sqrt(variance) if criterion == "sure" else z
+    log_alpha = jnp.asarray(math.log(start if start is not None else 1e-3), dtype)
+    if not LOG_ALPHA_RANGE[0] <= float(log_alpha) <= LOG_ALPHA_RANGE[1]:
+        raise ParameterError(f"start must be between {math.exp(LOG_ALPHA_RANGE[0]):g} and {math.exp(LOG_ALPHA_RANGE[1]):g}")
+
+    seen: list[tuple[float, float]] = []
+
+    def record(alpha, value):
+        seen.append((alpha, value))
+        if callback is not None:
+            callback(alpha, value)
+
+    lo, hi = LOG_ALPHA_RANGE
+    arrays = (g, h, scaled, variance, ref, jnp.asarray(tol, dtype), jnp.asarray(max_iterations))
+
+    def evaluate(x: float) -> tuple[float, float]:
+        value, slope = _value_and_slope(jnp.asarray(x, dtype), *arrays, grid=grid, kind=criterion, slope=criterion == "discrepancy")
+        value, slope = float(value), float(slope)
+        record(math.exp(x), value)
+        return value, slope
+
+    if criterion == "discrepancy":
+        try:
+            _root(evaluate, max(float(log_alpha), DISCREPANCY_LOWEST), DISCREPANCY_LOWEST, hi, int(steps))
+        except _NoRoot:
+            ratios = np.exp([v for _, v in seen])
+            raise EprjaxError(
+                f"the discrepancy principle found no alpha: the residual is {ratios.min():.3g} to {ratios.max():.3g} "
+                f"times the noise at every alpha tried ({min(a for a, _ in seen):.3g} to {max(a for a, _ in seen):.3g})"
+                + ("; the model does not fit the data to the noise level (a PSF unlike the data's, or noise underestimated)"
+                   if ratios.min() > 1 else "; the noise is overestimated")
+                + ": use the sure or gcv criterion"
+            ) from None
+    elif criterion == "reference":
+        state = _optimiser().init(log_alpha)
+        _RECORDERS.append(record)
+        try:
+            for _ in range(min(int(steps), 3)):
+                _, grad, updates, state = _tuning_step(log_alpha, state, *arrays, grid=grid, kind=criterion)
+                if abs(float(grad)) < GRADIENT_TOLERANCE or abs(float(updates)) < STEP_TOLERANCE:
+                    break
+                log_alpha = jnp.clip(log_alpha + updates, lo, hi)
+        finally:
+            _RECORDERS.pop()
+    else:
+        _minimum(evaluate, float(log_alpha), lo, hi, int(steps))
+
+    alphas = np.array([a for a, _ in seen])
+    values = np.array([v for _, v in seen])
+    best = int(np.argmin(values))
+    return Tuning(
+        alpha=float(alphas[best]), criterion=criterion, alphas=alphas, values=values,
+        evaluations=len(seen), seconds=time.perf_counter() - began,
+    )

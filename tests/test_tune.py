@@ -1,0 +1,148 @@
+"""Choosing alpha from the data: the criteria against exact computations, the searches, the
+command and epr -sm auto."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eprjax
+from eprjax._operator import make_grid
+from eprjax._tune import _criterion, _trace_function
+from eprjax.cli import main
+
+from .reference import Model
+from .test_restore import blurred, gaussian_psf, scene
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EPRJAX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def cli(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code
+
+
+def explicit_matrix(model: Model) -> np.ndarray:
+    """H as a dense matrix, column by column (tiny problems only)."""
+    n = int(np.prod(model.object_shape))
+    columns = []
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = 1
+        columns.append(model.forward(e.reshape(model.object_shape)).ravel())
+    return np.stack(columns, axis=1)
+
+
+def test_hutchinson_trace_and_its_slope_against_the_dense_influence_matrix() -> None:
+    """tr A, A = H_P (H_P^T H_P + lam I)^-1 H_P^T, from dense linear algebra on the active
+    set, against the probe estimate with many probes (standard error ~ sqrt(2 ||A||_F^2 / m));
+    its derivative in alpha (active set fixed) against -s^2 tr(H_P M^-2 H_P^T)."""
+    with jax.enable_x64(True):
+        psf = gaussian_psf((3, 5, 5), (0.8, 1.0, 1.0)).astype(np.float64)
+        g = blurred(scene((4, 6, 6), seed=2), psf, noise=0.05).astype(np.float64)
+        alpha = 1e-2
+        f = np.asarray(eprjax.restore(g, psf, alpha=alpha, pad=0, tol=1e-12, max_iterations=5000).value)
+        model = Model(psf, g.shape, g.shape, (0, 0, 0))
+        H = explicit_matrix(model)
+        active = f.ravel() > 0
+        lam = alpha * model.gain
+        Ha = H[:, active]
+        M = Ha.T @ Ha + lam * np.eye(active.sum())
+        A = Ha @ np.linalg.solve(M, Ha.T)
+        exact = np.trace(A)
+        exact_slope = -model.gain * np.trace(Ha @ np.linalg.solve(M, np.linalg.solve(M, Ha.T)))
+        m = 400
+        probes = jax.random.rademacher(jax.random.PRNGKey(0), (m, *g.shape), jnp.float64)
+        trace = _trace_function(make_grid(g.shape, (0, 0, 0)))
+        value, slope = jax.value_and_grad(trace)(jnp.asarray(alpha), jnp.asarray(psf), jnp.asarray(f), probes, 1e-12, 5000)
+        error = np.sqrt(2 * np.sum(A * A) / m)
+        assert abs(float(value) - exact) < 4 * error  # measured within 1 standard error
+        # the slope from the same probes: its spread is of the same relative order
+        assert abs(float(slope) - exact_slope) < 0.1 * abs(exact_slope)
+
+
+def test_discrepancy_finds_the_residual_equal_to_the_noise() -> None:
+    """Gaussian noise of known variance: at the chosen alpha ||g - H f||^2 = N sigma^2 to
+    the search's tolerance (10 % in alpha)."""
+    psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
+    truth = 50 * scene((10, 24, 24), seed=4)
+    model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+    sigma = 0.02 * model.forward(truth).max()
+    g = (model.forward(truth) + sigma * np.random.default_rng(3).normal(size=truth.shape)).astype(np.float32)
+    tuning = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=sigma**2, pad=0, tol=1e-5, max_iterations=2000)
+    assert tuning.evaluations <= 8  # measured 4-5
+    f = np.asarray(eprjax.restore(g, psf, alpha=tuning.alpha, pad=0, tol=1e-5, max_iterations=2000).value, np.float64)
+    ratio = np.sum((g - model.forward(f)) ** 2) / (g.size * sigma**2)
+    assert abs(np.log(ratio)) < 0.05
+
+
+def test_the_reference_criterion_lands_at_the_sweep_minimum() -> None:
+    psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
+    truth = 50 * scene((10, 24, 24), seed=4)
+    model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+    g = (model.forward(truth) + 0.05 * model.forward(truth).max() * np.random.default_rng(3).normal(size=truth.shape)).astype(np.float32)
+    tuning = eprjax.tune_alpha(g, psf, criterion="reference", reference=truth, pad=0, tol=1e-4, max_iterations=2000)
+    alphas = np.logspace(-5, 0, 26)
+    errors = [np.linalg.norm(np.asarray(eprjax.restore(g, psf, alpha=a, pad=0, tol=1e-4, max_iterations=2000).value) - truth) for a in alphas]
+    chosen = np.linalg.norm(np.asarray(eprjax.restore(g, psf, alpha=tuning.alpha, pad=0, tol=1e-4, max_iterations=2000).value) - truth)
+    assert chosen <= 1.01 * min(errors)
+
+
+def test_criteria_need_their_inputs() -> None:
+    psf = gaussian_psf((5, 5, 5), (1.2, 1.0, 1.0))
+    g = np.ones((6, 8, 8), np.float32)
+    with pytest.raises(eprjax.ParameterError, match="noise"):
+        eprjax.tune_alpha(g, psf, criterion="sure")
+    with pytest.raises(eprjax.ParameterError, match="reference"):
+        eprjax.tune_alpha(g, psf, criterion="reference")
+    with pytest.raises(eprjax.ParameterError, match="criterion"):
+        eprjax.tune_alpha(g, psf, criterion="l-curve")
+
+
+def test_gcv_value_matches_its_definition() -> None:
+    """The criterion's GCV value from its parts (residual, trace with the same probes)."""
+    psf = gaussian_psf((5, 5, 5), (1.2, 1.0, 1.0))
+    g = blurred(scene((6, 10, 10)), psf, noise=0.05)
+    grid = make_grid(g.shape, (0, 0, 0))
+    probes = jax.random.rademacher(jax.random.PRNGKey(0), (2, *g.shape), jnp.float32)
+    alpha = 1e-2
+    args = (jnp.asarray(g), jnp.asarray(psf), probes, jnp.zeros(()), jnp.zeros(()), jnp.asarray(1e-5), jnp.asarray(2000))
+    value = float(_criterion(jnp.log(alpha), *args, grid=grid, kind="gcv"))
+    f = np.asarray(eprjax.restore(g, psf, alpha=alpha, pad=0, tol=1e-5, max_iterations=2000).value)
+    model = Model(psf, g.shape, g.shape, (0, 0, 0))
+    rr = np.sum((g - model.forward(f)) ** 2)
+    trace = float(_trace_function(grid)(jnp.asarray(alpha, jnp.float32), jnp.asarray(psf), jnp.asarray(f), probes, 1e-5, 2000))
+    assert value == pytest.approx(np.log(g.size * rr / (g.size - trace) ** 2), abs=1e-3)
+
+
+def test_tune_command_and_epr_sm_auto(tmp_path, capsys) -> None:
+    psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
+    truth = 50 * scene((10, 24, 24), seed=4)
+    model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+    sigma = 0.02 * model.forward(truth).max()
+    g = (model.forward(truth) + sigma * np.random.default_rng(3).normal(size=truth.shape)).astype(np.float32)
+    rnl = float(np.sqrt(sigma**2 / np.mean(g.astype(np.float64) ** 2)))
+    history = ("* prepdata -gain 1 -read 2 raw prepared", f"prepdata: RNL {rnl:.6g}, alpha = RNL^2 = {rnl**2:.6g}")
+    eprjax.write(tmp_path / "g.i2i", eprjax.Image(g, history=history))
+    eprjax.write(tmp_path / "truth.i2i", eprjax.Image(truth.astype(np.float32)))
+    eprjax.write(tmp_path / "psf.i2i", eprjax.Image(psf))
+    assert cli(["tune", "-psf", str(tmp_path / "psf"), "-plot", str(tmp_path / "curve"), str(tmp_path / "g")]) == 0
+    out, err = capsys.readouterr()
+    alpha = float(out.strip())
+    assert alpha > 0 and (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "reference", "-reference", str(tmp_path / "truth"), str(tmp_path / "g")]) == 0
+    assert float(capsys.readouterr().out.strip()) > 0
+    assert cli(["epr", "-psf", str(tmp_path / "psf"), "-sm", "auto", str(tmp_path / "g"), str(tmp_path / "out")]) == 0
+    line = eprjax.read(tmp_path / "out.i2i").history[-1]
+    assert "chosen by discrepancy (RNL" in line and f"alpha {alpha:g}"[:10] in line
+    # errors: one line, no output
+    eprjax.write(tmp_path / "plain.i2i", eprjax.Image(g))
+    assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "sure", str(tmp_path / "plain")]) == 1
+    assert "needs the noise" in capsys.readouterr().err
+    assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "best", str(tmp_path / "plain")]) == 2
