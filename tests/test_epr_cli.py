@@ -81,7 +81,7 @@ def test_several_volumes(prepared, capsys) -> None:
         (["-sm", "0.1", "-co", "1.5"], "Invalid value for -convergence/-co: must be between 0 and 1"),
         (["-sm", "0.1", "-co", "0"], "must be between 0 and 1"),
         (["-sm", "0.1", "-pad", "-1", "2"], "Invalid value for -pad: voxels must be >= 0"),
-        (["-sm", "abc"], "Invalid value for -smoothness/-sm: expected a number >= 0 or rnl, got 'abc'"),
+        (["-sm", "abc"], "Invalid value for -smoothness/-sm: expected a number >= 0, rnl or auto, got 'abc'"),
         (["-sm", "0.1", "-device", "tpu"], "-device: unknown device 'tpu'"),
         (["-sm", "0.1", "-device", "7"], "-device: no device '7'"),
         ([], "Missing option '-smoothness' / '-sm'"),

@@ -67,19 +67,25 @@ def test_hutchinson_trace_and_its_slope_against_the_dense_influence_matrix() -> 
         assert abs(float(slope) - exact_slope) < 0.1 * abs(exact_slope)
 
 
-def test_discrepancy_finds_the_residual_equal_to_the_noise() -> None:
-    """Gaussian noise of known variance: at the chosen alpha ||g - H f||^2 = N sigma^2 to
-    the search's tolerance (10 % in alpha)."""
-    psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
-    truth = 50 * scene((10, 24, 24), seed=4)
-    model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
-    sigma = 0.02 * model.forward(truth).max()
-    g = (model.forward(truth) + sigma * np.random.default_rng(3).normal(size=truth.shape)).astype(np.float32)
-    tuning = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=sigma**2, pad=0, tol=1e-5, max_iterations=2000)
-    assert tuning.evaluations <= 8  # measured 4-5
-    f = np.asarray(eprjax.restore(g, psf, alpha=tuning.alpha, pad=0, tol=1e-5, max_iterations=2000).value, np.float64)
-    ratio = np.sum((g - model.forward(f)) ** 2) / (g.size * sigma**2)
-    assert abs(np.log(ratio)) < 0.05
+def test_discrepancy_finds_the_residual_equal_to_its_expected_value() -> None:
+    """Gaussian noise of known variance on a problem small enough for dense algebra: at the
+    chosen alpha, ||g - H f||^2 = sigma^2 (N - tr A) (tr A exact, from the dense influence
+    matrix), to the search's tolerance (log ratio in [0, 0.02]) plus the probes' error."""
+    with jax.enable_x64(True):
+        psf = gaussian_psf((3, 5, 5), (0.8, 1.0, 1.0)).astype(np.float64)
+        truth = 50 * scene((4, 8, 8), seed=4)
+        model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+        sigma = 0.05 * model.forward(truth).max()
+        g = model.forward(truth) + sigma * np.random.default_rng(3).normal(size=truth.shape)
+        tuning = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=sigma**2, pad=0, tol=1e-8, max_iterations=5000, probes=256)
+        assert tuning.evaluations <= 8  # measured 4
+        f = np.asarray(eprjax.restore(g, psf, alpha=tuning.alpha, pad=0, tol=1e-8, max_iterations=5000).value)
+        H = explicit_matrix(model)
+        active = f.ravel() > 0
+        Ha = H[:, active]
+        A = Ha @ np.linalg.solve(Ha.T @ Ha + tuning.alpha * model.gain * np.eye(active.sum()), Ha.T)
+        ratio = np.sum((g - model.forward(f)) ** 2) / (sigma**2 * (g.size - np.trace(A)))
+        assert -0.02 < np.log(ratio) < 0.04
 
 
 def test_the_reference_criterion_lands_at_the_sweep_minimum() -> None:
@@ -146,3 +152,29 @@ def test_tune_command_and_epr_sm_auto(tmp_path, capsys) -> None:
     assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "sure", str(tmp_path / "plain")]) == 1
     assert "needs the noise" in capsys.readouterr().err
     assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "best", str(tmp_path / "plain")]) == 2
+
+
+@pytest.mark.parametrize("brightness", [20, 200, 20000])
+def test_discrepancy_is_within_five_percent_of_the_best_alpha(brightness) -> None:
+    """The issue's bar, on the benchmark's acquisition (benchmarks/tuning.py, smaller): the
+    alpha chosen from the data and the Poisson variance gives an NRMSE within 5 % of the best
+    of a dense sweep with the ground truth (the benchmark's table has the measurements), at a cost of a few restorations."""
+    from eprjax._simulate import SEED_OPTICS, specimen
+
+    shape, margin = (24, 56, 56), (4, 8, 8)
+    psf = np.asarray(eprjax.widefield_psf((16, 40, 40), **SEED_OPTICS))
+    big = specimen(shape, z_over_xy=SEED_OPTICS["z_step_um"] / SEED_OPTICS["pixel_size_um"], seed=3) / 1000 * brightness
+    model = Model(psf, shape, shape, (0, 0, 0))
+    inner = tuple(slice(m, n - m) for m, n in zip(margin, shape, strict=True))
+    counts = np.random.default_rng(0).poisson(np.maximum(model.forward(big)[inner], 0) + 10.0)
+    g, truth = (counts - 10.0).astype(np.float32), big[inner]
+    pad = (4, 8, 8)
+
+    def nrmse(alpha: float) -> float:
+        f = np.asarray(eprjax.restore(g, psf, alpha=alpha, pad=pad).value, np.float64)
+        return float(np.linalg.norm(f - truth) / np.linalg.norm(truth))
+
+    best = min(nrmse(a) for a in np.logspace(-5, 0, 16))
+    tuning = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=counts.astype(np.float32), pad=pad)
+    assert nrmse(tuning.alpha) < 1.05 * best
+    assert tuning.evaluations <= 6

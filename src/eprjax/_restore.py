@@ -299,13 +299,34 @@ def _prepare(data, psf, alpha, grid: Grid):
     return otf, (alpha * s * s * power_gain(grid)).astype(data.dtype)
 
 
-def _object(g, h, alpha, tol, max_iterations, *, grid: Grid, history_length: int):
+def _warm_start(g, otf, lam, c, *, grid: Grid) -> _State:
+    """The iteration started from the dual c (a neighbouring restoration's) instead of 0:
+    steepest descent from there."""
+    dtype = g.dtype
+    scale = jnp.maximum(jnp.sqrt(jnp.sum(g * g)), jnp.finfo(dtype).tiny)
+    u = adjoint(otf, c, grid)
+    grad = forward(otf, jnp.maximum(u, 0), grid) + lam * c - g
+    gg = jnp.sum(grad * grad)
+    v = adjoint(otf, -grad, grid)
+    fv, vv = _slope_terms(u, v)
+    zero = jnp.zeros((), dtype)
+    hist = tuple(jnp.full((1,), jnp.nan, dtype) for _ in range(4))
+    return _State(
+        k=jnp.asarray(0), c=c, u=u, grad=grad, d=-grad, v=v, gg=gg, gd=-gg, dd=gg, fv=fv, vv=vv, step=zero,
+        scale=scale, hist=hist,
+    )
+
+
+def _object(g, h, alpha, tol, max_iterations, start=None, *, grid: Grid, history_length: int):
     """One volume restored: f on the whole object grid, iterations, relative gradient,
-    result, history."""
+    result, history, and the dual c (to start a neighbouring restoration from: ``start``)."""
     otf, lam = _prepare(g, h, alpha, grid)
-    state = _start(g, otf, grid=grid, history_length=history_length)
+    if start is None:
+        state = _start(g, otf, grid=grid, history_length=history_length)
+    else:
+        state = _warm_start(g, otf, lam, start, grid=grid)
     state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
-    return _finish(state, otf, tol, grid=grid, crop=False)
+    return (*_finish(state, otf, tol, grid=grid, crop=False), state.c)
 
 
 @functools.cache
@@ -315,20 +336,20 @@ def _differentiable(grid: Grid, history_length: int):
     run = functools.partial(_object, grid=grid, history_length=history_length)
 
     @jax.custom_vjp
-    def core(g, h, alpha, tol, max_iterations):
-        return run(g, h, alpha, tol, max_iterations)
+    def core(g, h, alpha, tol, max_iterations, start=None):
+        return run(g, h, alpha, tol, max_iterations, start)
 
-    def fwd(g, h, alpha, tol, max_iterations):
-        out = run(g, h, alpha, tol, max_iterations)
-        return out, (g, h, alpha, tol, max_iterations, out[0])
+    def fwd(g, h, alpha, tol, max_iterations, start=None):
+        out = run(g, h, alpha, tol, max_iterations, start)
+        return out, (g, h, alpha, tol, max_iterations, out[0], start)
 
     def bwd(residuals, cotangents):
-        g, h, alpha, tol, max_iterations, f = residuals
+        g, h, alpha, tol, max_iterations, f, start = residuals
         dg, dh, dalpha = implicit_gradients(
             g, h, alpha, f, cotangents[0], grid=grid, tol=GRADIENT_TOLERANCE * tol,
             max_iterations=jnp.maximum(GRADIENT_ITERATIONS, 4 * max_iterations),
         )
-        return dg, dh, dalpha, None, None
+        return dg, dh, dalpha, None, None, None if start is None else jnp.zeros_like(start)
 
     core.defvjp(fwd, bwd)
     return core
@@ -351,7 +372,7 @@ def _unrolled(g, h, alpha, tol, *, iterations: int, grid: Grid):
         return jax.tree.map(lambda a, b: jnp.where(going, a, b), new, s), None
 
     state, _ = jax.lax.scan(one, state, None, length=iterations)
-    return _finish(state, otf, tol, grid=grid, crop=False)
+    return (*_finish(state, otf, tol, grid=grid, crop=False), state.c)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "history_length", "unrolled"))
@@ -362,13 +383,13 @@ def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length:
         run = functools.partial(_unrolled, iterations=unrolled, grid=grid)
 
         def one(g):
-            f, k, rel, result, hist = run(g, psf, alpha, tol)
+            f, k, rel, result, hist, _ = run(g, psf, alpha, tol)
             return f[grid.data_slices], k, rel, result, hist
     else:
         core = _differentiable(grid, history_length)
 
         def one(g):
-            f, k, rel, result, hist = core(g, psf, alpha, tol, max_iterations)
+            f, k, rel, result, hist, _ = core(g, psf, alpha, tol, max_iterations)
             return f[grid.data_slices], k, rel, result, hist
 
     for _ in range(data.ndim - 3):

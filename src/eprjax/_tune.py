@@ -1,6 +1,8 @@
-"""Choosing the smoothness alpha from the data: a criterion minimised over log alpha with
-optax (a zoom line search along the gradient's direction), its gradient from the
-restoration's implicit gradients (`_implicit`).
+"""Choosing the smoothness alpha from the data, over log alpha: the discrepancy solved for
+with Newton steps on the restoration's implicit gradient (`_implicit`) and secant steps;
+a reference's error minimised with optax (a zoom line search on the implicit gradient);
+the trace-based criteria (sure, gcv) minimised from their values, because the trace jumps
+where the active set changes and its gradient with the set held fixed misleads.
 
 Criteria, each a function of the restoration f_alpha (object grid), the residual
 r = g - H f_alpha on the N data voxels, and the influence operator A = d(H f)/dg =
@@ -11,8 +13,9 @@ H P M^-1 P H^T (P: the active set, M = P H^T H P + lam P):
 - ``sure``, Stein's unbiased risk estimate of the error in the data space, for Gaussian
   noise of variance sigma^2 (per voxel or one number): ||r||^2 - sum sigma^2 +
   2 tr(Sigma A), reported relative to sum sigma^2.
-- ``discrepancy`` (Morozov): ||r||^2 should equal sum sigma^2; minimised as
-  log(||r||^2 / sum sigma^2)^2.
+- ``discrepancy`` (Morozov), with the degrees of freedom taken off: ||r||^2 should equal its
+  expected value sum sigma^2 - tr(Sigma A); solved for log(||r||^2 / (sum sigma^2 -
+  tr(Sigma A))) = 0 (a hair above: see `_root`).
 - ``reference``: ||f - ref||^2 / ||ref||^2 for a known object (ground truth, or a high-SNR
   image of the same field) on the restoration's grid.
 
@@ -44,6 +47,7 @@ from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, 
 CRITERIA = ("gcv", "sure", "discrepancy", "reference")
 NEEDS_NOISE = ("sure", "discrepancy")
 LOG_ALPHA_RANGE = (math.log(1e-9), math.log(10.0))
+ROOT_TOLERANCE = 0.01  # |log(residual / its expected value)|: 1 %
 DISCREPANCY_LOWEST = math.log(1e-7)  # below, trial restorations rarely converge: the residual stops falling
 DECADE = math.log(10.0)
 MAX_DECADES = 3.0  # the longest step, in decades of alpha
@@ -131,11 +135,20 @@ def _trace_function(grid: Grid):
     return trace
 
 
-def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, start=None, *, grid: Grid, kind: str):
+    """The criterion at alpha = exp(log_alpha); with ``start`` (a dual from a neighbouring
+    alpha) also the restoration's dual, to start the next one from: (value, dual)."""
     from ._restore import _differentiable
 
     alpha = jnp.exp(log_alpha)
-    f = _differentiable(grid, 0)(g, h, alpha, tol, max_iterations)[0]
+    out = _differentiable(grid, 0)(g, h, alpha, tol, max_iterations, start)
+    f, dual = out[0], out[-1]
+    if start is not None:
+        return _value(f, g, h, alpha, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind), dual
+    return _value(f, g, h, alpha, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+
+
+def _value(f, g, h, alpha, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
     otf, _ = psf_otf(h, grid)
     r = g - forward(otf, f, grid)
     rr = jnp.sum(r * r)
@@ -144,9 +157,12 @@ def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations
         d = f[grid.data_slices] - reference
         return jnp.log(jnp.sum(d * d) / jnp.sum(reference * reference))
     noise = jnp.sum(jnp.broadcast_to(variance, g.shape))
-    if kind == "discrepancy":
-        return jnp.log(rr / noise)  # a root is sought, not a minimum
     trace = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
+    if kind == "discrepancy":
+        # a root is sought: the residual at its expected value, sum sigma^2 - tr(Sigma A); the
+        # trace's slope left out (the active set's changes make it misleading; the secant
+        # steps need only values)
+        return jnp.log(rr / (noise - jax.lax.stop_gradient(trace)))
     if kind == "gcv":
         return jnp.log(n * rr / (n - trace) ** 2)
     return (rr - noise + 2 * trace) / noise  # sure
@@ -195,49 +211,67 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "kind", "slope"))
-def _value_and_slope(log_alpha, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str, slope: bool):
-    """The criterion and (``slope``) its derivative in log alpha, compiled once per shape
-    and criterion."""
-    args = (log_alpha, g, h, probes, variance, reference, tol, max_iterations)
+def _value_and_slope(log_alpha, g, h, probes, variance, reference, tol, max_iterations, start, *, grid: Grid, kind: str, slope: bool):
+    """The criterion, (``slope``) its derivative in log alpha, and the restoration's dual;
+    each restoration started from ``start``; compiled once per shape and criterion."""
+    args = (log_alpha, g, h, probes, variance, reference, tol, max_iterations, start)
     if slope:
-        return jax.value_and_grad(_criterion)(*args, grid=grid, kind=kind)
-    return _criterion(*args, grid=grid, kind=kind), jnp.zeros_like(log_alpha)
+        (value, dual), d = jax.value_and_grad(_criterion, has_aux=True)(*args, grid=grid, kind=kind)
+        return value, d, dual
+    value, dual = _criterion(*args, grid=grid, kind=kind)
+    return value, jnp.zeros_like(log_alpha), dual
 
 
 def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
-    """The root of an increasing function L(x) of x = log alpha, from its values and slopes:
-    Newton steps (at most `MAX_DECADES` decades) until the root is bracketed, then secant
-    steps inside the bracket (Illinois), until the bracket or the step is below
-    `STEP_TOLERANCE`."""
+    """The root of an increasing function L(x) of x = log alpha: until the root is
+    bracketed, Newton steps with L's slope, doubled (at least half a decade, at most
+    `MAX_DECADES`) so as to step over it; then secant steps on L's values inside the bracket
+    (Anderson-Bjorck); until |L| < `ROOT_TOLERANCE` or the bracket is narrower than
+    `STEP_TOLERANCE`. ``evaluate(x, slope)`` gives L and, when asked, its slope.
+
+    The root sought is L = `ROOT_TOLERANCE` (the residual 1 % above its expected value), so
+    that where L stays near 0 over a range (little signal: any alpha there fits the data to
+    the noise) the most regularised alpha consistent with the data is taken."""
+    inner = evaluate
+
+    def evaluate(x, slope):
+        value, d = inner(x, slope)
+        return value - ROOT_TOLERANCE, d
+
     x = x0
-    value, slope = evaluate(x)
+    value, slope = evaluate(x, True)
     below = above = None  # (x, L) with L < 0, L > 0
     for _ in range(steps):
+        if abs(value) < ROOT_TOLERANCE:
+            return
         if value < 0:
             below = (x, value)
         else:
             above = (x, value)
-        if below is not None and above is not None:
+        bracketed = below is not None and above is not None
+        if bracketed:
             (xa, la), (xb, lb) = below, above
             if abs(xb - xa) < STEP_TOLERANCE:
                 return
             nx = xa - la * (xb - xa) / (lb - la)
         else:
-            step = -value / slope if slope > 0 else (MAX_DECADES * DECADE if value < 0 else -MAX_DECADES * DECADE)
-            nx = x + float(np.clip(step, -MAX_DECADES * DECADE, MAX_DECADES * DECADE))
+            newton = -value / slope if slope > 0 else math.copysign(MAX_DECADES * DECADE, -value)
+            nx = x + math.copysign(min(max(2 * abs(newton), 0.5 * DECADE), MAX_DECADES * DECADE), newton)
         nx = float(np.clip(nx, lo, hi))
-        if abs(nx - x) < STEP_TOLERANCE / 2:
-            return
+        if nx == x:
+            break  # at the end of the range
         x = nx
-        value, slope = evaluate(x)
-        if slope <= 0 and (below is None or above is None):
+        value, slope = evaluate(x, not bracketed)
+        if bracketed:  # Anderson-Bjorck: keep the secant from stalling on one side
+            if value < 0:
+                m = 1 - value / below[1]
+                above = (above[0], above[1] * (m if m > 0 else 0.5))
+            else:
+                m = 1 - value / above[1]
+                below = (below[0], below[1] * (m if m > 0 else 0.5))
+        elif slope <= 0:
             break  # not increasing here: the trial restorations stopped short of converging
-        if below is not None and above is not None:  # Illinois: keep the secant from stalling
-            if value < 0 and below[1] < 0 and x != below[0]:
-                above = (above[0], above[1] / 2)
-            elif value >= 0 and x != above[0]:
-                below = (below[0], below[1] / 2)
-    if below is None or above is None:
+    if abs(value) >= ROOT_TOLERANCE and (below is None or above is None):
         raise _NoRoot(value)
 
 
@@ -291,7 +325,7 @@ def tune_alpha(
     factor: int | Sequence[int] = 1,
     tol: float = 1e-3,
     max_iterations: int = 300,
-    probes: int = 2,
+    probes: int = 1,
     steps: int = 10,
     seed: int = 0,
     callback=None,
@@ -307,7 +341,8 @@ def tune_alpha(
         noise_variance: the noise variance in the data's units: one number or per voxel
             (`camera_variance`, `noise_variance_from_rnl`).
         reference: the object to compare with, on the restoration's grid.
-        start: the first alpha (default 1e-3).
+        start: the first alpha (default: RNL^2, the noise's power over the data's, when the
+            noise is given; else 1e-3).
         pad, factor, tol, max_iterations: as for `restore`; each evaluation restores with them.
         probes: Hutchinson probes for the trace (gcv, sure).
         steps: the most line-search steps.
@@ -349,7 +384,10 @@ def tune_alpha(
             raise ParameterError(f"the reference must have the restoration's shape {fine_shape}, got {tuple(ref.shape)}")
     key = jax.random.PRNGKey(seed)
     z = jax.random.rademacher(key, (max(1, int(probes)), *g.shape), dtype)
-    scaled = z * jnp.sqrt(variance) if criterion == "sure" else z
+    scaled = z * jnp.sqrt(variance) if criterion in NEEDS_NOISE else z
+    if start is None and noise_variance is not None:
+        # RNL^2, the originals' advice: the noise's power over the data's
+        start = float(np.clip(float(jnp.sum(jnp.broadcast_to(variance, g.shape))) / max(float(jnp.sum(g * g)), 1e-30), 1e-6, 1.0))
     log_alpha = jnp.asarray(math.log(start if start is not None else 1e-3), dtype)
     if not LOG_ALPHA_RANGE[0] <= float(log_alpha) <= LOG_ALPHA_RANGE[1]:
         raise ParameterError(f"start must be between {math.exp(LOG_ALPHA_RANGE[0]):g} and {math.exp(LOG_ALPHA_RANGE[1]):g}")
@@ -364,8 +402,14 @@ def tune_alpha(
     lo, hi = LOG_ALPHA_RANGE
     arrays = (g, h, scaled, variance, ref, jnp.asarray(tol, dtype), jnp.asarray(max_iterations))
 
-    def evaluate(x: float) -> tuple[float, float]:
-        value, slope = _value_and_slope(jnp.asarray(x, dtype), *arrays, grid=grid, kind=criterion, slope=criterion == "discrepancy")
+    # each trial restoration starts from the last one's dual c, scaled by the ratio of the
+    # alphas (c = r / lam at the minimum, and the residual r changes slowly with alpha)
+    warm = {"x": None, "dual": jnp.zeros(g.shape, dtype)}
+
+    def evaluate(x: float, slope: bool = False) -> tuple[float, float]:
+        dual = warm["dual"] if warm["x"] is None else warm["dual"] * math.exp(warm["x"] - x)
+        value, slope, dual = _value_and_slope(jnp.asarray(x, dtype), *arrays, dual, grid=grid, kind=criterion, slope=slope)
+        warm.update(x=x, dual=dual)
         value, slope = float(value), float(slope)
         record(math.exp(x), value)
         return value, slope
@@ -398,7 +442,7 @@ def tune_alpha(
 
     alphas = np.array([a for a, _ in seen])
     values = np.array([v for _, v in seen])
-    best = int(np.argmin(values))
+    best = int(np.argmin(np.abs(values - ROOT_TOLERANCE) if criterion == "discrepancy" else values))
     return Tuning(
         alpha=float(alphas[best]), criterion=criterion, alphas=alphas, values=values,
         evaluations=len(seen), seconds=time.perf_counter() - began,
