@@ -302,8 +302,8 @@ def _run(
                 sample, h, image, input, pad=plan.pad if segmented else pad_zyx, factor=factor, tol=convergence,
                 iterations=iterations,
             )
-        alpha = tuning.alpha
-        chosen_by = f" ({chosen_by}, {tuning.evaluations} trial restorations)"
+        alpha = float(f"{tuning.alpha:.4g}")
+        chosen_by = f" {chosen_by} in {tuning.evaluations} trial restorations"
     restored = []
     done = 0
     with jax.default_device(chosen):

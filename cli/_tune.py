@@ -87,7 +87,7 @@ def choose_alpha(
         criterion = "sure"
         tuning = run(criterion)
     log.info("chose %s", tuning.describe())
-    return tuning, f"alpha {tuning.alpha:.4g} chosen by {criterion}" + (f" ({source})" if source and criterion != "gcv" else "")
+    return tuning, f"chosen by {criterion}" + (f" ({source})" if source and criterion != "gcv" else "")
 
 
 def plot(tuning: eprjax.Tuning, path: str) -> Path:
