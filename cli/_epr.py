@@ -19,7 +19,7 @@ import eprjax
 from eprjax._fine import fine_voxel_size
 from eprjax._operator import describe as describe_grid
 from eprjax._restore import check_psf
-from eprjax._segments import MEMORY_MARGIN, device_memory
+from eprjax._segments import MEMORY_MARGIN, cut, device_memory, representative
 
 from ._convert import describe
 from ._frame import RUN, check_output, command, history_line, log_to_file
@@ -290,13 +290,13 @@ def _run(
     else:
         log.info("the whole volume fits in memory (predicted peak %.0f MiB): no segments", plan.peak_bytes / 2**20)
     if alpha == AUTO:
-        # one alpha for every volume and segment, tuned on the first volume (its central
-        # segment when it is cut into segments)
+        # one alpha for every volume and segment, tuned on the first volume (on a few
+        # representative segments of it, together, when it is cut into segments)
         sample = volumes[0]
         if segmented:
-            y0 = (sample.shape[1] - plan.segment[0]) // 2
-            x0 = (sample.shape[2] - plan.segment[1]) // 2
-            sample = sample[:, y0 : y0 + plan.segment[0], x0 : x0 + plan.segment[1]]
+            picked = representative(sample, plan)
+            log.info("tuning on segments %s of %d (the brightest, and down to the median)", ", ".join(str(i + 1) for i in picked), plan.count)
+            sample = cut(sample, plan)[picked]
         with jax.default_device(chosen):
             tuning, chosen_by = choose_alpha(
                 sample, h, image, input, pad=plan.pad if segmented else pad_zyx, factor=factor, tol=convergence,

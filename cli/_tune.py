@@ -66,8 +66,8 @@ def choose_alpha(
             )
     if criterion in ("sure", "discrepancy") and variance is None:
         raise eprjax.ParameterError(f"-criterion {criterion} needs the noise: -gain G -read R, or an input prepared by prepdata -gain G -read R")
-    log.info("tuning alpha by %s%s on %s voxels", criterion, f" (noise: {source})" if source and criterion != "gcv" else "",
-             "x".join(map(str, volume.shape)))
+    where = "x".join(map(str, volume.shape[-3:])) + (f" voxels, {volume.shape[0]} segments" if volume.ndim == 4 else " voxels")
+    log.info("tuning alpha by %s%s on %s", criterion, f" (noise: {source})" if source and criterion != "gcv" else "", where)
 
     def show(alpha: float, value: float) -> None:
         log.info("  alpha %.4g: %s %.6g", alpha, criterion, value)

@@ -119,12 +119,34 @@ def test_gcv_value_matches_its_definition() -> None:
     probes = jax.random.rademacher(jax.random.PRNGKey(0), (2, *g.shape), jnp.float32)
     alpha = 1e-2
     args = (jnp.asarray(g), jnp.asarray(psf), probes, jnp.zeros(()), jnp.zeros(()), jnp.asarray(1e-5), jnp.asarray(2000))
-    value = float(_criterion(jnp.log(alpha), *args, grid=grid, kind="gcv"))
+    value = float(_criterion(jnp.log(alpha), *args, grid=grid, kind="gcv")[0])
     f = np.asarray(eprjax.restore(g, psf, alpha=alpha, pad=0, tol=1e-5, max_iterations=2000).value)
     model = Model(psf, g.shape, g.shape, (0, 0, 0))
     rr = np.sum((g - model.forward(f)) ** 2)
     trace = float(_trace_function(grid)(jnp.asarray(alpha, jnp.float32), jnp.asarray(psf), jnp.asarray(f), probes, 1e-5, 2000))
     assert value == pytest.approx(np.log(g.size * rr / (g.size - trace) ** 2), abs=1e-3)
+
+
+def test_segments_are_tuned_together() -> None:
+    """Several segments (a leading axis) make one criterion over their union: two copies of
+    a volume give the reference criterion of one; segments cut from a volume choose about
+    the alpha the whole volume gets."""
+    psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
+    truth = 50 * scene((8, 40, 40), seed=6)
+    model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+    sigma = 0.03 * model.forward(truth).max()
+    g = (model.forward(truth) + sigma * np.random.default_rng(5).normal(size=truth.shape)).astype(np.float32)
+    grid = make_grid((8, 20, 20), (0, 0, 0))
+    one = (jnp.asarray(g[:, :20, :20]), jnp.asarray(psf), jnp.zeros((1, 8, 20, 20)), jnp.zeros(()), jnp.asarray(truth[:, :20, :20], jnp.float32))
+    two = (jnp.stack([one[0]] * 2), one[1], jnp.zeros((2, 1, 8, 20, 20)), one[3], jnp.stack([one[4]] * 2))
+    tail = (jnp.asarray(1e-5), jnp.asarray(2000))
+    single = float(_criterion(jnp.log(1e-2), *one, *tail, grid=grid, kind="reference")[0])
+    double = float(_criterion(jnp.log(1e-2), *two, *tail, grid=grid, kind="reference")[0])
+    assert double == pytest.approx(single, abs=1e-5)
+    whole = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=sigma**2, pad=(2, 3, 3))
+    quarters = np.stack([g[:, y : y + 20, x : x + 20] for y in (0, 20) for x in (0, 20)])
+    parts = eprjax.tune_alpha(quarters, psf, criterion="discrepancy", noise_variance=sigma**2, pad=(2, 3, 3))
+    assert abs(np.log(parts.alpha / whole.alpha)) < np.log(2)
 
 
 def test_tune_command_and_epr_sm_auto(tmp_path, capsys) -> None:

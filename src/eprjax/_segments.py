@@ -201,6 +201,17 @@ def cut(data: np.ndarray, plan: SegmentPlan) -> np.ndarray:
     return np.stack([np.asarray(data[:, y : y + sy, x : x + sx]) for y, x in plan.starts])
 
 
+def representative(data: np.ndarray, plan: SegmentPlan, count: int = 3) -> list[int]:
+    """Indices of up to ``count`` segments spanning what the volume holds, for tuning one
+    alpha for all: by total intensity, the brightest and those at evenly spaced quantiles
+    down to the median (the dimmer half, mostly background, says little about alpha)."""
+    sy, sx = plan.segment
+    totals = np.array([float(np.sum(data[:, y : y + sy, x : x + sx], dtype=np.float64)) for y, x in plan.starts])
+    order = np.argsort(totals)
+    picks = [order[int(round(q * (len(order) - 1)))] for q in np.linspace(1.0, 0.5, max(1, count))]
+    return sorted({int(i) for i in picks})
+
+
 def recompose(restored, plan: SegmentPlan) -> np.ndarray:
     """The volume from its restored segments, blended with `weights`."""
     w = weights(plan)

@@ -136,36 +136,49 @@ def _trace_function(grid: Grid):
 
 
 def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, start=None, *, grid: Grid, kind: str):
-    """The criterion at alpha = exp(log_alpha); with ``start`` (a dual from a neighbouring
-    alpha) also the restoration's dual, to start the next one from: (value, dual)."""
+    """The criterion at alpha = exp(log_alpha), over one volume or (a leading axis) several
+    segments of one size taken together; with ``start`` (a dual from a neighbouring alpha)
+    also the restoration's dual, to start the next one from: (value, dual)."""
     from ._restore import _differentiable
 
     alpha = jnp.exp(log_alpha)
-    out = _differentiable(grid, 0)(g, h, alpha, tol, max_iterations, start)
-    f, dual = out[0], out[-1]
-    if start is not None:
-        return _value(f, g, h, alpha, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind), dual
-    return _value(f, g, h, alpha, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+    core = _differentiable(grid, 0)
+
+    def parts(g, probes, variance, reference, start):
+        out = core(g, h, alpha, tol, max_iterations, start)
+        f, dual = out[0], out[-1]
+        otf, _ = psf_otf(h, grid)
+        r = g - forward(otf, f, grid)
+        terms = {"rr": jnp.sum(r * r), "n": jnp.asarray(g.size, g.dtype), "noise": jnp.sum(jnp.broadcast_to(variance, g.shape))}
+        if kind == "reference":
+            d = f[grid.data_slices] - reference
+            terms.update(error=jnp.sum(d * d), norm=jnp.sum(reference * reference))
+        else:
+            terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
+        return terms, dual
+
+    if start is None:
+        start = jnp.zeros_like(g)
+    if g.ndim == 4:
+        axes = (0, 0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, 0)
+        terms, dual = jax.vmap(parts, in_axes=axes)(g, probes, variance, reference, start)
+        terms = {k: jnp.sum(v) for k, v in terms.items()}
+    else:
+        terms, dual = parts(g, probes, variance, reference, start)
+    return _combine(terms, kind), dual
 
 
-def _value(f, g, h, alpha, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
-    otf, _ = psf_otf(h, grid)
-    r = g - forward(otf, f, grid)
-    rr = jnp.sum(r * r)
-    n = g.size
+def _combine(t, kind: str):
     if kind == "reference":
-        d = f[grid.data_slices] - reference
-        return jnp.log(jnp.sum(d * d) / jnp.sum(reference * reference))
-    noise = jnp.sum(jnp.broadcast_to(variance, g.shape))
-    trace = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
+        return jnp.log(t["error"] / t["norm"])
     if kind == "discrepancy":
         # a root is sought: the residual at its expected value, sum sigma^2 - tr(Sigma A); the
         # trace's slope left out (the active set's changes make it misleading; the secant
         # steps need only values)
-        return jnp.log(rr / (noise - jax.lax.stop_gradient(trace)))
+        return jnp.log(t["rr"] / (t["noise"] - jax.lax.stop_gradient(t["trace"])))
     if kind == "gcv":
-        return jnp.log(n * rr / (n - trace) ** 2)
-    return (rr - noise + 2 * trace) / noise  # sure
+        return jnp.log(t["n"] * t["rr"] / (t["n"] - t["trace"]) ** 2)
+    return (t["rr"] - t["noise"] + 2 * t["trace"]) / t["noise"]  # sure
 
 
 def _optimiser():
@@ -201,7 +214,7 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
 
     def objective(x):
         x = jnp.clip(x, lo, hi)
-        value = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+        value, _ = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
         jax.debug.callback(_record, x, value)
         return value
 
@@ -335,7 +348,9 @@ def tune_alpha(
     differentiation).
 
     Args:
-        data, psf: as for `restore` (one volume, Z, Y, X).
+        data, psf: as for `restore`: one volume (Z, Y, X), or several segments of one size
+            (segments, Z, Y, X), taken together (one alpha for all: the criterion over
+            their union).
         criterion: ``"gcv"`` (no noise model needed), ``"sure"`` or ``"discrepancy"`` (need
             ``noise_variance``), ``"reference"`` (needs ``reference``). See the module notes.
         noise_variance: the noise variance in the data's units: one number or per voxel
@@ -357,34 +372,37 @@ def tune_alpha(
         raise ParameterError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     g = to_jax(data, "data")
     h = to_jax(psf, "psf")
-    if g.ndim != 3 or h.ndim != 3:
-        raise ParameterError(f"tuning takes one (Z, Y, X) volume and a (Z, Y, X) PSF, got {tuple(g.shape)} and {tuple(h.shape)}")
+    if g.ndim not in (3, 4) or h.ndim != 3 or any(n < 1 for n in g.shape):
+        raise ParameterError(
+            f"tuning takes one (Z, Y, X) volume, or (segments, Z, Y, X), and a (Z, Y, X) PSF; got {tuple(g.shape)} and {tuple(h.shape)}"
+        )
     dtype = jnp.float64 if (g.dtype == jnp.float64 and jax.config.jax_enable_x64) else jnp.float32
     g, h = g.astype(dtype), h.astype(dtype)
     k = factor3(factor)
-    fine_shape = tuple(n * f for n, f in zip(g.shape, k, strict=True))
+    fine_shape = tuple(n * f for n, f in zip(g.shape[-3:], k, strict=True))
     if pad is None:
         pad = default_pad(np.asarray(h), fine_shape)
     pad3 = (pad,) * 3 if isinstance(pad, (int, np.integer)) else tuple(pad)
-    grid = make_grid(g.shape, pad3, k)
+    grid = make_grid(g.shape[-3:], pad3, k)
     variance = jnp.zeros((), dtype)
     if criterion in NEEDS_NOISE:
         if noise_variance is None:
             raise ParameterError(f"the {criterion} criterion needs the noise variance (from the camera's gain and read noise, or prepdata's RNL)")
     if noise_variance is not None:
         variance = jnp.asarray(noise_variance, dtype)
-        if variance.ndim not in (0, 3) or (variance.ndim == 3 and variance.shape != g.shape) or not bool(jnp.all(variance >= 0)):
+        if (variance.ndim != 0 and variance.shape != g.shape) or not bool(jnp.all(variance >= 0)):
             raise ParameterError("noise_variance must be one number >= 0 or one per data voxel")
     ref = jnp.zeros((), dtype)
     if criterion == "reference":
         if reference is None:
             raise ParameterError("the reference criterion needs a reference object")
         ref = to_jax(reference, "reference").astype(dtype)
-        if ref.shape != fine_shape:
-            raise ParameterError(f"the reference must have the restoration's shape {fine_shape}, got {tuple(ref.shape)}")
+        want = (*g.shape[:-3], *fine_shape)
+        if ref.shape != want:
+            raise ParameterError(f"the reference must have the restoration's shape {want}, got {tuple(ref.shape)}")
     key = jax.random.PRNGKey(seed)
-    z = jax.random.rademacher(key, (max(1, int(probes)), *g.shape), dtype)
-    scaled = z * jnp.sqrt(variance) if criterion in NEEDS_NOISE else z
+    z = jax.random.rademacher(key, (*g.shape[:-3], max(1, int(probes)), *g.shape[-3:]), dtype)
+    scaled = z * jnp.sqrt(jnp.expand_dims(variance, -4) if variance.ndim else variance) if criterion in NEEDS_NOISE else z
     if start is None and noise_variance is not None:
         # RNL^2, the originals' advice: the noise's power over the data's
         start = float(np.clip(float(jnp.sum(jnp.broadcast_to(variance, g.shape))) / max(float(jnp.sum(g * g)), 1e-30), 1e-6, 1.0))
