@@ -44,6 +44,7 @@ def choose_alpha(
     tol: float = 1e-3,
     iterations: int = 300,
     start: float | None = None,
+    method: str = "search",
 ) -> tuple[eprjax.Tuning, str]:
     """Tune alpha on ``volume``; the noise from the camera (gain, read noise) or from the RNL
     prepdata wrote into the history. Returns the tuning and a line for the history."""
@@ -75,7 +76,7 @@ def choose_alpha(
     def run(criterion: str) -> eprjax.Tuning:
         return eprjax.tune_alpha(
             volume, h, criterion=criterion, noise_variance=variance, reference=reference, pad=pad, factor=factor,
-            tol=tol, max_iterations=iterations, start=start, callback=show if RUN.verbose else None,
+            tol=tol, max_iterations=iterations, start=start, method=method, callback=show if RUN.verbose else None,
         )
 
     try:
@@ -138,6 +139,9 @@ def tune(
     iterations: Annotated[int, typer.Option("-iterations", "-it", help="Iterations per trial restoration.")] = 300,
     convergence: Annotated[float, typer.Option("-convergence", "-co", help="Convergence of each trial restoration.")] = 0.001,
     plot_file: Annotated[str | None, typer.Option("-plot", metavar="PNG", help="Write the criterion against alpha, the choice marked.")] = None,
+    method: Annotated[
+        str, typer.Option("-method", help="search (default: the fastest and surest, see the docs) or optax (every criterion minimised by optax on its implicit gradient).")
+    ] = "search",
 ) -> None:
     """Choose the smoothness alpha from the data, and print it.
 
@@ -147,6 +151,8 @@ def tune(
     """
     if criterion is not None and criterion not in CRITERIA:
         raise typer.BadParameter(f"must be one of {', '.join(CRITERIA)}, got {criterion!r}", param_hint="-criterion")
+    if method not in ("search", "optax"):
+        raise typer.BadParameter(f"must be search or optax, got {method!r}", param_hint="-method")
     if start is not None and not (math.isfinite(start) and start > 0):
         raise typer.BadParameter(f"must be > 0, got {start}", param_hint="-start")
     if iterations < 1:
@@ -170,7 +176,7 @@ def tune(
         raise eprjax.ParameterError("-criterion reference needs -reference FILE")
     tuning, _ = choose_alpha(
         volume, h, image, input, criterion=criterion, gain=gain, read=read, offset=offset, reference=ref,
-        tol=convergence, iterations=iterations, start=start,
+        tol=convergence, iterations=iterations, start=start, method=method,
     )
     if plot_file is not None:
         log.info("wrote %s", plot(tuning, plot_file))

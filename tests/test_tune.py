@@ -86,6 +86,9 @@ def test_discrepancy_finds_the_residual_equal_to_its_expected_value() -> None:
         A = Ha @ np.linalg.solve(Ha.T @ Ha + tuning.alpha * model.gain * np.eye(active.sum()), Ha.T)
         ratio = np.sum((g - model.forward(f)) ** 2) / (sigma**2 * (g.size - np.trace(A)))
         assert -0.02 < np.log(ratio) < 0.04
+        # the same root found by optax (the discrepancy's square minimised on its gradient)
+        by_optax = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=sigma**2, pad=0, tol=1e-8, max_iterations=5000, probes=256, method="optax")
+        assert abs(np.log(by_optax.alpha / tuning.alpha)) < 0.2
 
 
 def test_the_reference_criterion_lands_at_the_sweep_minimum() -> None:

@@ -216,7 +216,7 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
         x = jnp.clip(x, lo, hi)
         value, _ = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
         jax.debug.callback(_record, x, value)
-        return value
+        return value**2 if kind == "discrepancy" else value  # a root, as a minimum
 
     value, grad = optax.value_and_grad_from_state(objective)(log_alpha, state=state)
     updates, state = _optimiser().update(grad, state, log_alpha, value=value, grad=grad, value_fn=objective)
@@ -284,6 +284,10 @@ def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
                 below = (below[0], below[1] * (m if m > 0 else 0.5))
         elif slope <= 0:
             break  # not increasing here: the trial restorations stopped short of converging
+    if value < 0:
+        below = below or (x, value)
+    else:
+        above = above or (x, value)
     if abs(value) >= ROOT_TOLERANCE and (below is None or above is None):
         raise _NoRoot(value)
 
@@ -341,6 +345,7 @@ def tune_alpha(
     probes: int = 1,
     steps: int = 10,
     seed: int = 0,
+    method: str = "search",
     callback=None,
 ) -> Tuning:
     """Choose alpha for ``restore(data, psf, alpha=...)`` by minimising a criterion over log
@@ -362,12 +367,20 @@ def tune_alpha(
         probes: Hutchinson probes for the trace (gcv, sure).
         steps: the most line-search steps.
         seed: for the probes.
+        method: ``"search"`` (default): the discrepancy solved for (Newton steps on the
+            implicit gradient, then secant steps), sure and gcv minimised from their values
+            (bracket, then parabolic steps), reference by optax; ``"optax"``: every
+            criterion minimised by optax (a zoom line search along the implicit gradient;
+            the discrepancy as its square): slower, and for sure and gcv misled by the
+            trace's jumps (docs/tuning.md has the measurements).
         callback: called with (alpha, value) after each evaluation.
 
     Returns:
         A `Tuning`: ``.alpha`` and the criterion along the way.
     """
     began = time.perf_counter()
+    if method not in ("search", "optax"):
+        raise ParameterError(f"method must be 'search' or 'optax', got {method!r}")
     if criterion not in CRITERIA:
         raise ParameterError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     g = to_jax(data, "data")
@@ -432,7 +445,18 @@ def tune_alpha(
         record(math.exp(x), value)
         return value, slope
 
-    if criterion == "discrepancy":
+    if criterion == "reference" or method == "optax":
+        state = _optimiser().init(log_alpha)
+        _RECORDERS.append(record)
+        try:
+            for _ in range(min(int(steps), 3)):
+                _, grad, updates, state = _tuning_step(log_alpha, state, *arrays, grid=grid, kind=criterion)
+                if abs(float(grad)) < GRADIENT_TOLERANCE or abs(float(updates)) < STEP_TOLERANCE:
+                    break
+                log_alpha = jnp.clip(log_alpha + updates, lo, hi)
+        finally:
+            _RECORDERS.pop()
+    elif criterion == "discrepancy":
         try:
             _root(evaluate, max(float(log_alpha), DISCREPANCY_LOWEST), DISCREPANCY_LOWEST, hi, int(steps))
         except _NoRoot:
@@ -444,17 +468,6 @@ def tune_alpha(
                    if ratios.min() > 1 else "; the noise is overestimated")
                 + ": use the sure or gcv criterion"
             ) from None
-    elif criterion == "reference":
-        state = _optimiser().init(log_alpha)
-        _RECORDERS.append(record)
-        try:
-            for _ in range(min(int(steps), 3)):
-                _, grad, updates, state = _tuning_step(log_alpha, state, *arrays, grid=grid, kind=criterion)
-                if abs(float(grad)) < GRADIENT_TOLERANCE or abs(float(updates)) < STEP_TOLERANCE:
-                    break
-                log_alpha = jnp.clip(log_alpha + updates, lo, hi)
-        finally:
-            _RECORDERS.pop()
     else:
         _minimum(evaluate, float(log_alpha), lo, hi, int(steps))
 
