@@ -34,6 +34,47 @@ def nrmse(f: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(a * f - truth) / np.linalg.norm(truth))
 
 
+def figure(path: Path, data: np.ndarray, restored: np.ndarray, truth: np.ndarray, relative_gradient: np.ndarray, voxel) -> Path:
+    """Orthogonal slices (XY at the middle plane, XZ at the middle row) of the data, the
+    restoration and the truth, and the convergence curve, as a PNG (written whole or not
+    at all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eprjax._io import atomic_output
+
+    z, y = data.shape[0] // 2, data.shape[1] // 2
+    aspect = voxel[0] / voxel[1]  # XZ slices drawn to scale
+    fig = plt.figure(figsize=(11, 4.6), dpi=110)
+    grid = fig.add_gridspec(2, 4, height_ratios=(data.shape[1], data.shape[0] * aspect), width_ratios=(1, 1, 1, 1.25))
+    for column, (title, volume) in enumerate((("data (prepared)", data), ("restored (epr)", restored), ("truth", truth))):
+        top = np.percentile(volume, 99.8)
+        for row, (plane, label) in enumerate(((volume[z], "XY"), (volume[:, y, :], "XZ"))):
+            ax = fig.add_subplot(grid[row, column])
+            ax.imshow(plane, cmap="magma", vmin=0, vmax=top, aspect=aspect if row else 1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+            if column == 0:
+                ax.set_ylabel(label, fontsize=9)
+    ax = fig.add_subplot(grid[:, 3])
+    steps = np.arange(len(relative_gradient))
+    ax.semilogy(steps[1:], relative_gradient[1:], color="0.25")
+    ax.axhline(1e-3, color="crimson", lw=0.8, ls="--", label="-co 0.001")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("relative gradient")
+    ax.set_title("convergence", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 @contextlib.contextmanager
 def _inside(folder: Path):
     before = Path.cwd()
@@ -78,7 +119,13 @@ def demo(
     restored = eprjax.read(outdir / "image_prep_restored.i2i")
     before = nrmse(data.image.astype(np.float64) - data.background, data.truth)
     after = nrmse(restored, data.truth)
+    # the convergence curve: the same restoration again, with its per-iteration record
+    prepared = np.asarray(eprjax.read(outdir / "image_prep.i2i").data, np.float32)
+    psf = np.asarray(eprjax.read(outdir / "psf_prep.i2i").data, np.float32)
+    record = eprjax.restore(prepared, psf, alpha=5e-4, max_iterations=250, history=True).history
+    rel = np.asarray(record.relative_gradient)
+    shown = figure(outdir / "demo.png", prepared, np.asarray(restored.data), data.truth, rel[np.isfinite(rel)], voxel)
     typer.echo(
         f"NRMSE to the specimen (lower is better): data {before:.3f}, restored {after:.3f}; "
-        f"{time.perf_counter() - started:.1f} s in all. Results in {outdir}/"
+        f"{time.perf_counter() - started:.1f} s in all. Results in {outdir}/ (figure: {shown.name})"
     )

@@ -24,6 +24,9 @@ def test_demo(workdir: Path, capsys, monkeypatch) -> None:
     restored = eprjax.read("out/image_prep_restored.i2i")
     assert restored.voxel_size_um == pytest.approx((0.25, 0.187, 0.187))
     assert [line.split()[1] for line in restored.history if line.startswith("* ")] == ["prepdata", "epr"]
+    png = Path("out/demo.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # slices and a curve, not an empty canvas
+    assert "figure: demo.png" in out
 
 
 def test_demo_rejects_an_unknown_size(workdir: Path, capsys) -> None:
