@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +70,7 @@ def _fine(psf, *, factor: tuple[int, int, int], pixel: bool):
     return clipped * (jnp.sum(psf) / jnp.sum(clipped))
 
 
-def fine_psf(psf, factor: int | Sequence[int] = 2, *, pixel: bool = True):
+def fine_psf(psf: Any, factor: int | Sequence[int] = 2, *, pixel: bool = True) -> Any:
     """The PSF ``psf`` (Z, Y, X; origin at index shape // 2; sampled like the data) on a grid
     ``factor`` times finer, for `restore` with the same ``factor``.
 
@@ -80,8 +81,7 @@ def fine_psf(psf, factor: int | Sequence[int] = 2, *, pixel: bool = True):
             fine pixel's (see the module's notes); False for a PSF computed at points.
 
     Returns:
-        The fine PSF, (Z kz, Y ky, X kx), same total, non-negative, origin at index
-        shape // 2, the caller's kind of array. Differentiable in ``psf``.
+        The fine PSF, (Z kz, Y ky, X kx): same total, non-negative, origin at index shape // 2; the caller's kind of array; differentiable in ``psf``.
     """
     h = to_jax(psf, "psf")
     if h.ndim != 3:

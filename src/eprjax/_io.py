@@ -224,7 +224,9 @@ def write(
             otherwise) or ``.ome.tif`` / ``.ome.tiff``.
         image: an `Image`, or an array (NumPy, JAX, anything NumPy can convert) with axes
             (Y, X), (Z, Y, X) or (T, Z, Y, X).
-        voxel_size_um, history, origin: replace the image's metadata where given.
+        voxel_size_um: replaces the image's voxel size (z, y, x), um, where given.
+        history: replaces the image's history where given.
+        origin: replaces the image's (y, x) origin where given.
         int16: None keeps the data type (i2i: int16 as type I, complex as type C, all other
             types as float32, type R); otherwise write int16, converted as
             `int16_conversion` describes, with a history line that records how.

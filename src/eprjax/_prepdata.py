@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -77,13 +78,13 @@ def _frame(extra, image_shape, volumes_shape, name):
 
 
 def prepare_data(
-    image,
+    image: Any,
     *,
     offset: float | None = None,
-    dark=None,
+    dark: Any = None,
     gain: float | None = None,
     read_noise: float | None = None,
-    flat=None,
+    flat: Any = None,
     bg_ref: tuple[int, int, int] | None = None,
     norm: str = "first",
 ) -> PreparedData:

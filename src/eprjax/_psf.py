@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -155,7 +156,7 @@ def _mask_and_clip(psf, support):
 
 
 def prepare_psf(
-    bead,
+    bead: Any,
     *,
     na: float,
     n: float,

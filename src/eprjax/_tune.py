@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -346,16 +346,17 @@ def tune_alpha(
     steps: int = 10,
     seed: int = 0,
     method: str = "search",
-    callback=None,
+    callback: Callable[[float, float], None] | None = None,
 ) -> Tuning:
-    """Choose alpha for ``restore(data, psf, alpha=...)`` by minimising a criterion over log
-    alpha (optax's zoom line search along the gradient's direction; gradients by implicit
-    differentiation).
+    """Choose alpha for ``restore(data, psf, alpha=...)`` from the data: a criterion over log
+    alpha, solved for or minimised (see ``method``), with gradients by implicit
+    differentiation where they can be trusted.
 
     Args:
-        data, psf: as for `restore`: one volume (Z, Y, X), or several segments of one size
+        data: as for `restore`: one volume (Z, Y, X), or several segments of one size
             (segments, Z, Y, X), taken together (one alpha for all: the criterion over
             their union).
+        psf: as for `restore`.
         criterion: ``"gcv"`` (no noise model needed), ``"sure"`` or ``"discrepancy"`` (need
             ``noise_variance``), ``"reference"`` (needs ``reference``). See the module notes.
         noise_variance: the noise variance in the data's units: one number or per voxel
@@ -363,7 +364,10 @@ def tune_alpha(
         reference: the object to compare with, on the restoration's grid.
         start: the first alpha (default: RNL^2, the noise's power over the data's, when the
             noise is given; else 1e-3).
-        pad, factor, tol, max_iterations: as for `restore`; each evaluation restores with them.
+        pad: as for `restore`; each trial restores with it.
+        factor: as for `restore`.
+        tol: as for `restore`: each trial's tolerance.
+        max_iterations: as for `restore`: each trial's iteration cap.
         probes: Hutchinson probes for the trace (gcv, sure).
         steps: the most line-search steps.
         seed: for the probes.
