@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -18,11 +17,10 @@ import typer
 import eprjax
 from eprjax._fine import fine_voxel_size
 from eprjax._operator import describe as describe_grid
-from eprjax._restore import check_psf
 from eprjax._segments import MEMORY_MARGIN, cut, device_memory, representative
 
-from ._convert import describe
 from ._frame import RUN, check_output, command, history_line, log_to_file
+from ._inputs import read_inputs, rnl_from_history
 from ._tune import choose_alpha
 
 log = logging.getLogger("eprjax")
@@ -188,9 +186,6 @@ class Progress:
         )
 
 
-_RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)")
-
-
 AUTO = -1.0
 
 
@@ -212,10 +207,10 @@ def parse_smoothness(text: str) -> float | None:
 
 def alpha_from_history(image: eprjax.Image, name: str) -> float:
     """RNL^2, from the last RNL that prepdata wrote into ``image``'s history."""
-    found = [m for line in image.history if (m := _RNL.search(line))]
-    if not found:
+    rnl = rnl_from_history(image)
+    if rnl is None:
         raise eprjax.ParameterError(f"{name}: -sm rnl, but the file's history holds no RNL (run prepdata with -gain and -read)")
-    value = float(found[-1]["rnl"]) ** 2
+    value = rnl**2
     log.info("alpha = RNL^2 = %.4g, from %s's history", value, name)
     return value
 
@@ -258,25 +253,10 @@ def _run(
         log.debug("the log also goes to %s.log", target)
     chosen = select_device(device, gpu=gpu)
     cache = enable_compilation_cache()
-    image = eprjax.read(input)
-    psf_image = eprjax.read(psf)
-    log.info("read %s: %s", input, describe(image))
+    image, psf_image, volumes, h = read_inputs(input, psf)
     alpha = given if given is not None else alpha_from_history(image, input)
     chosen_by = ""
-    log.info("read %s: %s", psf, describe(psf_image))
-    if psf_image.ndim == 4:
-        raise eprjax.ParameterError(f"{psf}: the PSF has {psf_image.shape[0]} volumes; give one")
-    h = np.asarray(psf_image.data, dtype=np.float32)
-    if h.ndim == 2:
-        h = h[None]
-    check_psf(h, psf)
     h = psf_on_object_grid(image, psf_image, h, factor, psf)
-    data = np.asarray(image.data, dtype=np.float32)
-    if data.ndim == 2:
-        data = data[None]
-    volumes = data[None] if data.ndim == 3 else data
-    if not np.all(np.isfinite(volumes)):
-        raise eprjax.ParameterError(f"{input}: the data hold NaN or infinite values")
     log.info("device %s; compilation cache %s", chosen, cache)
     pad_zyx = None if pad is None else (pad[1], pad[0], pad[0])
     plan = eprjax.plan_segments(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -12,21 +11,12 @@ import numpy as np
 import typer
 
 import eprjax
-from eprjax._restore import check_psf
 from eprjax._tune import CRITERIA
 
-from ._convert import describe
 from ._frame import RUN, command
+from ._inputs import read_inputs, rnl_from_history
 
 log = logging.getLogger("eprjax")
-
-_RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)")
-
-
-def rnl_from_history(image: eprjax.Image) -> float | None:
-    found = [m for line in image.history if (m := _RNL.search(line))]
-    return float(found[-1]["rnl"]) if found else None
-
 
 def choose_alpha(
     volume: np.ndarray,
@@ -159,15 +149,8 @@ def tune(
         raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
     if not 0 < convergence < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
-    image = eprjax.read(input)
-    psf_image = eprjax.read(psf)
-    log.info("read %s: %s", input, describe(image))
-    h = np.asarray(psf_image.data, np.float32)
-    h = h[None] if h.ndim == 2 else h
-    check_psf(h, psf)
-    data = np.asarray(image.data, np.float32)
-    data = data[None] if data.ndim == 2 else data
-    volume = data[0] if data.ndim == 4 else data
+    image, _, volumes, h = read_inputs(input, psf)
+    volume = volumes[0]
     ref = None
     if reference is not None:
         ref = np.asarray(eprjax.read(reference).data, np.float32)

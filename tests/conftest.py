@@ -38,6 +38,22 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def compilation_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The commands' persistent compilation cache in the test's own folder, not the user's."""
+    monkeypatch.setenv("EPRJAX_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def run_eprjax(argv: list[str]) -> int:
+    """``eprjax ARGV`` in this process; its exit status."""
+    from eprjax.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code
+
+
 def script(name: str) -> str:
     """The installed console script ``name`` (beside this Python), for subprocess tests."""
     candidate = Path(sys.executable).parent / name

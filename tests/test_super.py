@@ -10,21 +10,13 @@ import pytest
 
 import eprjax
 from eprjax._operator import adjoint, bin_blocks, forward, make_grid, psf_otf, spread_blocks
-from eprjax.cli import main
 
+from .conftest import run_eprjax as cli
 from .reference import Model, block_spread, block_sum, fista
 from .test_restore import blurred, gaussian_psf, relative, scene
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("EPRJAX_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def cli(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.mark.parametrize("factor", [(1, 2, 2), (2, 2, 2), (1, 3, 2)])

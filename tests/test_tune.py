@@ -11,21 +11,13 @@ import pytest
 import eprjax
 from eprjax._operator import make_grid
 from eprjax._tune import _criterion, _trace_function
-from eprjax.cli import main
 
+from .conftest import run_eprjax as cli
 from .reference import Model
 from .test_restore import blurred, gaussian_psf, scene
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("EPRJAX_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def cli(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def explicit_matrix(model: Model) -> np.ndarray:

@@ -157,10 +157,8 @@ def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations
             terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
         return terms, dual
 
-    if start is None:
-        start = jnp.zeros_like(g)
     if g.ndim == 4:
-        axes = (0, 0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, 0)
+        axes = (0, 0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, None if start is None else 0)
         terms, dual = jax.vmap(parts, in_axes=axes)(g, probes, variance, reference, start)
         terms = {k: jnp.sum(v) for k, v in terms.items()}
     else:
