@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,8 +20,12 @@ import typer
 import eprjax
 from eprjax._fine import fine_voxel_size
 from eprjax._operator import describe as describe_grid
-from eprjax._segments import MEMORY_MARGIN, cut, device_memory, representative
+from eprjax._io import input_path
+from eprjax._restore import MESSAGES, NONFINITE
+from eprjax._segments import MEMORY_MARGIN, device_memory, representative
+from eprjax._stream import Source, Store, assemble, describe_share, prepare_store, restore_into_store, summary
 
+from ._cluster import barrier, from_first, join_cluster
 from ._frame import RUN, check_output, command, history_line, log_to_file
 from ._inputs import read_inputs, rnl_from_history
 from ._tune import choose_alpha
@@ -50,31 +57,31 @@ def enable_compilation_cache() -> Path:
 
 def select_device(name: str | None, *, gpu: bool) -> jax.Device:
     """The device to run on: ``cpu``, ``gpu``, ``gpu:N`` (also ``cuda:N``) or an index into
-    all devices; ``gpu`` insists on a GPU."""
+    this process's devices; ``gpu`` insists on a GPU."""
     try:
-        gpus = jax.devices("gpu")
+        gpus = jax.local_devices(backend="gpu")
     except RuntimeError:
         gpus = []
     if gpu and not gpus:
         raise eprjax.EprjaxError(
-            "no GPU: JAX sees only " + ", ".join(sorted({d.platform for d in jax.devices()}))
+            "no GPU: JAX sees only " + ", ".join(sorted({d.platform for d in jax.local_devices()}))
             + " (install JAX with CUDA, e.g. pip install 'jax[cuda12]', or run epr on the CPU)"
         )
     if name is None:
-        return gpus[0] if gpu else jax.devices()[0]
+        return gpus[0] if gpu else jax.local_devices()[0]
     kind, _, number = name.lower().partition(":")
     if kind.isdigit() and not number:
-        devices, index = jax.devices(), int(kind)
+        devices, index = jax.local_devices(), int(kind)
     elif kind in ("gpu", "cuda"):
         devices, index = gpus, int(number or 0) if (number or "0").isdigit() else -1
     elif kind == "cpu":
-        devices, index = jax.devices("cpu"), int(number or 0) if (number or "0").isdigit() else -1
+        devices, index = jax.local_devices(backend="cpu"), int(number or 0) if (number or "0").isdigit() else -1
     else:
         raise eprjax.ParameterError(f"-device: unknown device {name!r}; use cpu, gpu, gpu:N or a device number")
     if gpu and devices and devices[0].platform != "gpu":
         raise eprjax.ParameterError(f"-device {name}: gpu_epr runs on a GPU; use epr for the CPU")
     if not 0 <= index < len(devices):
-        have = ", ".join(str(d) for d in jax.devices()) or "none"
+        have = ", ".join(str(d) for d in jax.local_devices()) or "none"
         raise eprjax.ParameterError(f"-device: no device {name!r} (JAX sees: {have})")
     return devices[index]
 
@@ -215,6 +222,30 @@ def alpha_from_history(image: eprjax.Image, name: str) -> float:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Big:
+    """How a large restoration is spread: segments, devices, memory, processes, resuming."""
+
+    segment: tuple[int, int] | None = None  # (x, y), as -segment
+    overlap: tuple[int, int] | None = None  # (x, y)
+    devices: int | None = None
+    memory: float | None = None  # MiB
+    resume: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def check(self) -> None:
+        if self.segment is not None and min(self.segment) < 1:
+            raise typer.BadParameter(f"voxels must be >= 1, got {self.segment[0]} {self.segment[1]}", param_hint="-segment")
+        if self.overlap is not None and min(self.overlap) < 0:
+            raise typer.BadParameter(f"voxels must be >= 0, got {self.overlap[0]} {self.overlap[1]}", param_hint="-overlap")
+        if self.devices is not None and self.devices < 1:
+            raise typer.BadParameter(f"must be >= 1, got {self.devices}", param_hint="-devices")
+        if self.memory is not None and not (math.isfinite(self.memory) and self.memory > 0):
+            raise typer.BadParameter(f"must be > 0 MiB, got {self.memory:g}", param_hint="-memory")
+
+
 def _run(
     input: str,
     output: str,
@@ -224,9 +255,7 @@ def _run(
     convergence: float,
     pad: tuple[int, int] | None,
     device: str | None,
-    segment: tuple[int, int] | None = None,
-    overlap: tuple[int, int] | None = None,
-    devices: int | None = None,
+    big: Big = Big(),
     factor: tuple[int, int, int] = (1, 1, 1),
     *,
     gpu: bool,
@@ -235,12 +264,7 @@ def _run(
     for flag, k in (("-superz", factor[0]), ("-super", factor[1])):
         if k < 1:
             raise typer.BadParameter(f"must be an integer >= 1, got {k}", param_hint=flag)
-    if segment is not None and min(segment) < 1:
-        raise typer.BadParameter(f"voxels must be >= 1, got {segment[0]} {segment[1]}", param_hint="-segment")
-    if overlap is not None and min(overlap) < 0:
-        raise typer.BadParameter(f"voxels must be >= 0, got {overlap[0]} {overlap[1]}", param_hint="-overlap")
-    if devices is not None and devices < 1:
-        raise typer.BadParameter(f"must be >= 1, got {devices}", param_hint="-devices")
+    big.check()
     if iterations < 1:
         raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
     if not 0 < convergence < 1:
@@ -248,66 +272,52 @@ def _run(
     if pad is not None and min(pad) < 0:
         raise typer.BadParameter(f"voxels must be >= 0, got {pad[0]} {pad[1]}", param_hint="-pad")
     target = check_output(output, input, psf)
+    share = join_cluster(big.coordinator, big.num_processes, big.process_id)
     if RUN.debug:
-        log_to_file(str(target) + ".log")
+        log_to_file(str(target) + (f".{share[0] + 1}" if share[1] > 1 else "") + ".log")
         log.debug("the log also goes to %s.log", target)
     chosen = select_device(device, gpu=gpu)
     cache = enable_compilation_cache()
-    image, psf_image, volumes, h = read_inputs(input, psf)
+    image, psf_image, source, h = read_inputs(input, psf)
     alpha = given if given is not None else alpha_from_history(image, input)
-    chosen_by = ""
     h = psf_on_object_grid(image, psf_image, h, factor, psf)
     log.info("device %s; compilation cache %s", chosen, cache)
     pad_zyx = None if pad is None else (pad[1], pad[0], pad[0])
+    budget = int(big.memory * 2**20) if big.memory is not None else int(MEMORY_MARGIN * device_memory(chosen))
     plan = eprjax.plan_segments(
-        volumes.shape[-3:], h, segment=None if segment is None else (segment[1], segment[0]),
-        overlap=None if overlap is None else (overlap[1], overlap[0]), pad=pad_zyx,
-        memory_bytes=int(MEMORY_MARGIN * device_memory(chosen)), factor=factor,
+        source.shape[-3:], h, segment=None if big.segment is None else (big.segment[1], big.segment[0]),
+        overlap=None if big.overlap is None else (big.overlap[1], big.overlap[0]), pad=pad_zyx,
+        memory_bytes=budget, factor=factor,
     )
     segmented = plan.count > 1
     if segmented:
         log.info("segments: %s", plan.describe())
     else:
         log.info("the whole volume fits in memory (predicted peak %.0f MiB): no segments", plan.peak_bytes / 2**20)
+    if segmented or share[1] > 1:
+        _run_segments(
+            image, source, h, target, input, smoothness, alpha, iterations, convergence, plan, chosen, big, share, factor,
+        )
+        return
+    if big.resume:
+        log.info("-resume: nothing to resume; the volume is restored whole")
+    chosen_by = ""
     if alpha == AUTO:
-        # one alpha for every volume and segment, tuned on the first volume (on a few
-        # representative segments of it, together, when it is cut into segments)
-        sample = volumes[0]
-        if segmented:
-            picked = representative(sample, plan)
-            log.info("tuning on segments %s of %d (the brightest, and down to the median)", ", ".join(str(i + 1) for i in picked), plan.count)
-            sample = cut(sample, plan)[picked]
+        # one alpha for every volume, tuned on the first
         with jax.default_device(chosen):
             tuning, chosen_by = choose_alpha(
-                sample, h, image, input, pad=plan.pad if segmented else pad_zyx, factor=factor, tol=convergence,
-                iterations=iterations,
+                source.volume(0), h, image, input, pad=pad_zyx, factor=factor, tol=convergence, iterations=iterations,
             )
         alpha = float(f"{tuning.alpha:.4g}")
         chosen_by = f" {chosen_by} in {tuning.evaluations} trial restorations"
     restored = []
     done = 0
     with jax.default_device(chosen):
-        for index, volume in enumerate(volumes):
-            if segmented:
-                label = f"volume {index + 1}/{len(volumes)}: " if len(volumes) > 1 else ""
-                started = time.perf_counter()
-                solution = eprjax.restore(
-                    volume, h, alpha=alpha, tol=convergence, max_iterations=iterations, pad=plan.pad,
-                    segment=plan.segment, overlap=plan.overlap, devices=devices, factor=factor,
-                    memory_bytes=int(MEMORY_MARGIN * device_memory(chosen)),
-                )
-                k = int(np.max(np.asarray(solution.iterations)))
-                log.info(
-                    "%s%d segments restored in %.1f s, at most %d iterations, relative gradient at most %.2e",
-                    label, plan.count, time.perf_counter() - started, k, float(np.max(np.asarray(solution.relative_gradient))),
-                )
-                done = max(done, k)
-                restored.append(np.asarray(solution.value))
-                continue
-            label = f"volume {index + 1}/{len(volumes)}: " if len(volumes) > 1 else ""
+        for index in range(source.count):
+            label = f"volume {index + 1}/{source.count}: " if source.count > 1 else ""
             progress = Progress(iterations, convergence, label)
             solution = eprjax.restore(
-                volume, h, alpha=alpha, tol=convergence, max_iterations=iterations,
+                source.volume(index), h, alpha=alpha, tol=convergence, max_iterations=iterations,
                 pad=pad_zyx, factor=factor, callback=progress if RUN.verbose else None,
                 callback_interval=None if RUN.debug else 0.25,
             )
@@ -319,13 +329,93 @@ def _run(
                 log.info("%s", solution.message)
             restored.append(np.asarray(solution.value))
     result = np.stack(restored) if len(restored) > 1 else restored[0]
-    what = f"{plan.count} segments of {plan.segment[0]}x{plan.segment[1]}" if segmented else describe_grid(solution.grid)
+    _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}, {done} iterations, {describe_grid(solution.grid)}")
+
+
+def _write(image: eprjax.Image, result: np.ndarray, target: Path, factor: tuple[int, int, int], line: str) -> None:
     out = image.replace(
         data=result, voxel_size_um=fine_voxel_size(image.voxel_size_um, factor),
         origin=(image.origin[0] * factor[1], image.origin[1] * factor[2]),
-    ).add_history(history_line(), f"epr: alpha {alpha:g}{chosen_by}, {done} iterations, {what}")
+    ).add_history(history_line(), line)
     written = eprjax.write(target, out)
     log.info("wrote %s", written)
+
+
+def _run_segments(
+    image: eprjax.Image, source: Source, h: np.ndarray, target: Path, input: str, smoothness: str, alpha: float,
+    iterations: int, convergence: float, plan: eprjax.SegmentPlan, chosen: jax.Device, big: Big,
+    share: tuple[int, int], factor: tuple[int, int, int],
+) -> None:
+    """Restore in segments through a store beside the output (``OUT.segments``): resumable,
+    shared by the processes of a cluster, never holding the whole volume in memory."""
+    first = share[0] == 0
+    folder = target.with_name(target.name + ".segments")
+    manifest = {
+        "input": str(Path(input).resolve()), "input_bytes": os.path.getsize(input_path(input)[0]),
+        "input_modified_ns": os.stat(input_path(input)[0]).st_mtime_ns,
+        "psf_sha1": hashlib.sha1(np.ascontiguousarray(h).tobytes()).hexdigest(), "smoothness": smoothness,
+        "iterations": iterations, "convergence": convergence, "segment": list(plan.segment), "overlap": list(plan.overlap),
+        "pad": list(plan.pad), "factor": list(factor), "shape": list(source.shape), "processes": share[1],
+    }
+    chosen_by = ""
+    if alpha == AUTO:
+        earlier = Store(folder).manifest() if big.resume else None
+        if earlier is not None and "alpha" in earlier and earlier.get("smoothness") == smoothness:
+            alpha = float(earlier["alpha"])
+            log.info("-sm auto: alpha %g, as chosen by the run being resumed", alpha)
+        else:
+            if first:
+                # one alpha for every volume and segment, tuned on a few representative
+                # segments of the first volume, together
+                sy, sx = plan.segment
+                picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
+                log.info("tuning on segments %s of %d (the brightest, and down to the median)", ", ".join(str(i + 1) for i in picked), plan.count)
+                sample = np.stack([source.region(0, *plan.starts[i], sy, sx) for i in picked])
+                with jax.default_device(chosen):
+                    tuning, chosen_by = choose_alpha(
+                        sample, h, image, input, pad=plan.pad, factor=factor, tol=convergence, iterations=iterations,
+                    )
+                alpha = float(f"{tuning.alpha:.4g}")
+                chosen_by = f" {chosen_by} in {tuning.evaluations} trial restorations"
+            alpha = from_first(alpha if first else 0.0)
+    manifest["alpha"] = alpha
+    if first:
+        _, kept = prepare_store(folder, manifest, resume=big.resume)
+        if kept:
+            log.info("-resume: %d of %d segments already restored in %s", kept, plan.count * source.count, folder)
+        elif not big.resume:
+            log.debug("finished segments are kept in %s until the output is written", folder)
+    barrier("eprjax: store ready")
+    store = Store(folder)
+    if store.manifest() != {"eprjax_store": 1, **manifest}:
+        raise eprjax.EprjaxError(f"{folder}: not the store this run prepared (do the processes share a file system?)")
+    devices = jax.local_devices()[: big.devices] if big.devices else jax.local_devices()
+    log.info("%s", describe_share(share, plan, source.count, devices))
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - started
+        log.info("%d of %d segments restored, %.1f s%s", done, total, elapsed, f", about {elapsed / done * (total - done):.0f} s left" if done < total else "")
+
+    with jax.default_device(chosen):
+        count = restore_into_store(
+            source, h, alpha=alpha, tol=convergence, max_iterations=iterations, plan=plan, store=store,
+            devices=big.devices, share=share, report=report,
+        )
+    log.info("%d segments restored in %.1f s", count, time.perf_counter() - started)
+    barrier("eprjax: segments restored")
+    if not first:
+        log.info("process %d of %d done; process 1 writes %s", share[0] + 1, share[1], target)
+        return
+    result = assemble(store, plan, source.count, squeeze=source.count == 1)
+    k, rel, worst = summary(store, plan, source.count)
+    if worst == NONFINITE:
+        raise eprjax.EprjaxError(f"{MESSAGES[NONFINITE]} (in a segment; the finished ones are kept in {folder})")
+    what = f"{plan.count} segments of {plan.segment[0]}x{plan.segment[1]}" + (f" on {share[1]} processes" if share[1] > 1 else "")
+    log.info("segments: at most %d iterations, relative gradient at most %.2e", k, rel)
+    _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}, {k} iterations, {what}")
+    del result
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 Input = Annotated[str, typer.Argument(metavar="IN", help="Image to restore (.i2i, .tif, .ome.tif; no ending means .i2i).")]
@@ -367,6 +457,20 @@ Overlap = Annotated[
     typer.Option("-overlap", metavar="NX NY", help="Overlap of neighbouring segments, voxels (default: 6 PSF half-widths + 2)."),
 ]
 Devices = Annotated[int | None, typer.Option("-devices", help="Spread segments over this many local devices (default: all).")]
+Memory = Annotated[
+    float | None,
+    typer.Option("-memory", metavar="MIB", help="Memory the restoration may use on the device, MiB (default: half of what it has); sets the segment size."),
+]
+Resume = Annotated[
+    bool,
+    typer.Option("-resume", help="Go on with an interrupted segmented run: keep the segments it finished (in OUT.segments) and restore the rest."),
+]
+Coordinator = Annotated[
+    str | None,
+    typer.Option("-coordinator", metavar="HOST:PORT", help="Restore with several processes (hosts): where the first listens (with -num_processes and -process_id; found by itself under SLURM and Open MPI). The output's folder must be shared."),
+]
+NumProcesses = Annotated[int | None, typer.Option("-num_processes", metavar="N", help="With -coordinator: how many processes share the restoration.")]
+ProcessId = Annotated[int | None, typer.Option("-process_id", metavar="I", help="With -coordinator: this process's number, 0 to N-1 (0 writes the output).")]
 Super = Annotated[
     int,
     typer.Option(
@@ -391,12 +495,17 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
         segment: Segment = None,
         overlap: Overlap = None,
         devices: Devices = None,
+        memory: Memory = None,
+        resume: Resume = False,
+        coordinator: Coordinator = None,
+        num_processes: NumProcesses = None,
+        process_id: ProcessId = None,
         super_xy: Super = 1,
         super_z: SuperZ = 1,
     ) -> None:
+        big = Big(segment, overlap, devices, memory, resume, coordinator, num_processes, process_id)
         _run(
-            input, output, psf, smoothness, iterations, convergence, pad, device, segment, overlap, devices,
-            (super_z, super_xy, super_xy), gpu=gpu,
+            input, output, psf, smoothness, iterations, convergence, pad, device, big, (super_z, super_xy, super_xy), gpu=gpu,
         )
 
     restoration.__name__ = restoration.__qualname__ = name

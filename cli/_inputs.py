@@ -10,6 +10,7 @@ import numpy as np
 
 import eprjax
 from eprjax._restore import check_psf
+from eprjax._stream import Source
 
 from ._convert import describe
 
@@ -24,10 +25,11 @@ def rnl_from_history(image: eprjax.Image) -> float | None:
     return float(found[-1]["rnl"]) if found else None
 
 
-def read_inputs(input: str, psf: str) -> tuple[eprjax.Image, eprjax.Image, np.ndarray, np.ndarray]:
-    """The image and the PSF files, and their pixels as float32: the volumes (T, Z, Y, X) and
-    the PSF (Z, Y, X); a plane becomes one Z plane. One-line errors for a PSF of several
-    volumes or with values `check_psf` refuses, and for non-finite data."""
+def read_inputs(input: str, psf: str) -> tuple[eprjax.Image, eprjax.Image, Source, np.ndarray]:
+    """The image and the PSF files: the image's volumes (T, Z, Y, X), read as they are needed
+    (a file larger than memory is never read whole), and the PSF (Z, Y, X) as float32; a
+    plane becomes one Z plane. One-line errors for a PSF of several volumes or with values
+    `check_psf` refuses, and for non-finite data."""
     image = eprjax.read(input)
     psf_image = eprjax.read(psf)
     log.info("read %s: %s", input, describe(image))
@@ -38,10 +40,6 @@ def read_inputs(input: str, psf: str) -> tuple[eprjax.Image, eprjax.Image, np.nd
     if h.ndim == 2:
         h = h[None]
     check_psf(h, psf)
-    data = np.asarray(image.data, dtype=np.float32)
-    if data.ndim == 2:
-        data = data[None]
-    volumes = data[None] if data.ndim == 3 else data
-    if not np.all(np.isfinite(volumes)):
-        raise eprjax.ParameterError(f"{input}: the data hold NaN or infinite values")
-    return image, psf_image, volumes, h
+    source = Source(image.data)
+    source.check_finite(input)
+    return image, psf_image, source, h

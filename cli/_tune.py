@@ -149,8 +149,8 @@ def tune(
         raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
     if not 0 < convergence < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
-    image, _, volumes, h = read_inputs(input, psf)
-    volume = volumes[0]
+    image, _, source, h = read_inputs(input, psf)
+    volume = source.volume(0)
     ref = None
     if reference is not None:
         ref = np.asarray(eprjax.read(reference).data, np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -111,11 +112,37 @@ def _plane_indices(shape: Sequence[int]) -> Iterator[tuple[int, ...]]:
     return np.ndindex(*shape[:-2]) if len(shape) > 2 else iter([()])
 
 
+def file_backing(data: Any) -> tuple[str, int, np.dtype, tuple[int, ...]] | None:
+    """(file name, offset, dtype, shape) when ``data`` is a whole memory-mapped file region
+    (not a view of one), else None."""
+    if (
+        isinstance(data, np.memmap)
+        and isinstance(data.base, mmap.mmap)
+        and data.filename is not None
+        and data.flags.c_contiguous
+    ):
+        return str(data.filename), int(data.offset), data.dtype, tuple(data.shape)
+    return None
+
+
 def _planes(data: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]) -> Iterator[np.ndarray]:
-    """The (Y, X) planes of ``data`` in storage order, each transformed; a view at a time, so
-    that a memory-mapped array never needs to fit in memory."""
-    for index in _plane_indices(data.shape):
-        yield transform(np.asarray(data[index]))
+    """The (Y, X) planes of ``data`` in storage order, each transformed; a plane at a time, so
+    that a memory-mapped array never needs to fit in memory (a whole memory-mapped file is
+    read plane by plane from the file, so that the planes read do not stay mapped)."""
+    backing = file_backing(data) if data.ndim >= 2 else None
+    if backing is None:
+        for index in _plane_indices(data.shape):
+            yield transform(np.asarray(data[index]))
+        return
+    name, offset, dtype, shape = backing
+    count = shape[-2] * shape[-1]
+    with open(name, "rb") as f:
+        f.seek(offset)
+        for _ in _plane_indices(shape):
+            plane = np.fromfile(f, dtype=dtype, count=count)
+            if plane.size != count:
+                raise FileFormatError(f"{name}: the file ends early")
+            yield transform(plane.reshape(shape[-2:]))
 
 
 def _range(data: np.ndarray) -> tuple[float, float, bool]:

@@ -516,28 +516,9 @@ def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, factor, segm
         memory_bytes=memory_bytes, factor=factor,
     )
     grid = make_grid((g.shape[0], *plan.segment), plan.pad, factor)
-    stacked = cut(np.asarray(g), plan)
-    available = jax.local_devices()
-    n = len(available) if devices is None else int(devices)
-    if not 1 <= n <= len(available):
-        raise ParameterError(f"devices must be between 1 and the {len(available)} this process sees, got {devices}")
-    n = min(n, plan.count)
-    mesh = None
-    batch = plan.batch
-    if n > 1:
-        # the same number of segments on every device (the last ones repeated, then dropped)
-        per_device = -(-plan.count // n)
-        batch = min(batch, per_device)
-        per_device = -(-per_device // batch) * batch
-        extra = n * per_device - plan.count
-        stacked = np.concatenate([stacked, np.repeat(stacked[-1:], extra, axis=0)])
-        mesh = jax.make_mesh((n,), ("segments",), devices=available[:n])
-        stacked = jax.device_put(stacked, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("segments")))
-    f, k, rel, result = _solve_segments(
-        jnp.asarray(stacked), h, jnp.asarray(alpha, g.dtype), jnp.asarray(tol, g.dtype), jnp.asarray(max_iterations),
-        grid=grid, batch=batch, mesh=mesh,
+    f, k, rel, result = solve_segments(
+        cut(np.asarray(g), plan), h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices
     )
-    f, k, rel, result = (np.asarray(x)[: plan.count] for x in (f, k, rel, result))
     value = recompose(f, plan.finer())
     worst = jnp.asarray(np.max(result))
     if throw and int(worst) == NONFINITE:
@@ -548,6 +529,46 @@ def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, factor, segm
         result=worst, alpha=jnp.asarray(alpha, g.dtype), grid=grid, history=None,
     )
     return solution
+
+
+def local_devices(devices: int | None) -> list[jax.Device]:
+    """The first ``devices`` of this process's devices (default all), checked."""
+    available = jax.local_devices()
+    n = len(available) if devices is None else int(devices)
+    if not 1 <= n <= len(available):
+        raise ParameterError(f"devices must be between 1 and the {len(available)} this process sees, got {devices}")
+    return available[:n]
+
+
+def solve_segments(stacked, h, alpha, tol, max_iterations, *, grid: Grid, batch: int, devices: int | None = None, size: int | None = None):
+    """Restore a stack of segments (leading axis), ``batch`` at a time on each of ``devices``
+    local devices; NumPy (f, iterations, relative gradient, result) per segment. ``size``:
+    pad the stack to this many segments (the last repeated, then dropped), so that stacks of
+    any length up to it share one compiled function."""
+    count = len(stacked)
+    chosen = local_devices(devices)[: max(1, count, size or 0)]
+    n = len(chosen)
+    mesh = None
+    if n > 1:
+        # the same number of segments on every device
+        per_device = -(-max(count, size or 0) // n)
+        batch = min(batch, per_device)
+        total = n * (-(-per_device // batch) * batch)
+        mesh = jax.make_mesh((n,), ("segments",), devices=chosen)
+    else:
+        total = max(count, size or 0)
+    if total > count:
+        stacked = np.concatenate([stacked, np.repeat(stacked[-1:], total - count, axis=0)])
+    if mesh is not None:
+        stacked = jax.device_put(stacked, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("segments")))
+    else:
+        stacked = jnp.asarray(stacked)  # on the default device
+    dtype = stacked.dtype
+    out = _solve_segments(
+        stacked, jnp.asarray(h, dtype), jnp.asarray(alpha, dtype), jnp.asarray(tol, dtype), jnp.asarray(max_iterations),
+        grid=grid, batch=batch, mesh=mesh,
+    )
+    return tuple(np.asarray(x)[:count] for x in out)
 
 
 def check_psf(psf: Any, name: str = "the PSF") -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -183,16 +183,28 @@ def _ramp(n: int, overlap: int, margin: int, before: bool, after: bool) -> np.nd
     return w
 
 
-def weights(plan: SegmentPlan) -> np.ndarray:
-    """(segments, y, x) recomposition weights."""
+def weight(plan: SegmentPlan, index: int) -> np.ndarray:
+    """(y, x) recomposition weights of segment ``index``."""
     ys = sorted({s[0] for s in plan.starts})
     xs = sorted({s[1] for s in plan.starts})
-    out = []
-    for y, x in plan.starts:
-        wy = _ramp(plan.segment[0], plan.overlap[0], plan.margin[0], y != ys[0], y != ys[-1])
-        wx = _ramp(plan.segment[1], plan.overlap[1], plan.margin[1], x != xs[0], x != xs[-1])
-        out.append(wy[:, None] * wx[None, :])
-    return np.stack(out)
+    y, x = plan.starts[index]
+    wy = _ramp(plan.segment[0], plan.overlap[0], plan.margin[0], y != ys[0], y != ys[-1])
+    wx = _ramp(plan.segment[1], plan.overlap[1], plan.margin[1], x != xs[0], x != xs[-1])
+    return wy[:, None] * wx[None, :]
+
+
+def weights(plan: SegmentPlan) -> np.ndarray:
+    """(segments, y, x) recomposition weights."""
+    return np.stack([weight(plan, i) for i in range(plan.count)])
+
+
+def weight_total(plan: SegmentPlan) -> np.ndarray:
+    """(Y, X): the sum of the segments' weights over the volume (what `recompose` divides by)."""
+    total = np.zeros(plan.data_shape[1:], np.float64)
+    sy, sx = plan.segment
+    for i, (y, x) in enumerate(plan.starts):
+        total[y : y + sy, x : x + sx] += weight(plan, i)
+    return total
 
 
 def cut(data: np.ndarray, plan: SegmentPlan) -> np.ndarray:
@@ -201,12 +213,12 @@ def cut(data: np.ndarray, plan: SegmentPlan) -> np.ndarray:
     return np.stack([np.asarray(data[:, y : y + sy, x : x + sx]) for y, x in plan.starts])
 
 
-def representative(data: np.ndarray, plan: SegmentPlan, count: int = 3) -> list[int]:
+def representative(region: Callable[[int, int], np.ndarray], plan: SegmentPlan, count: int = 3) -> list[int]:
     """Indices of up to ``count`` segments spanning what the volume holds, for tuning one
     alpha for all: by total intensity, the brightest and those at evenly spaced quantiles
-    down to the median (the dimmer half, mostly background, says little about alpha)."""
-    sy, sx = plan.segment
-    totals = np.array([float(np.sum(data[:, y : y + sy, x : x + sx], dtype=np.float64)) for y, x in plan.starts])
+    down to the median (the dimmer half, mostly background, says little about alpha).
+    ``region(y, x)``: the segment starting there."""
+    totals = np.array([float(np.sum(region(y, x), dtype=np.float64)) for y, x in plan.starts])
     order = np.argsort(totals)
     picks = [order[int(round(q * (len(order) - 1)))] for q in np.linspace(1.0, 0.5, max(1, count))]
     return sorted({int(i) for i in picks})
@@ -214,12 +226,8 @@ def representative(data: np.ndarray, plan: SegmentPlan, count: int = 3) -> list[
 
 def recompose(restored, plan: SegmentPlan) -> np.ndarray:
     """The volume from its restored segments, blended with `weights`."""
-    w = weights(plan)
     out = np.zeros(plan.data_shape, np.float64)
-    total = np.zeros(plan.data_shape[1:], np.float64)
     sy, sx = plan.segment
-    for (y, x), segment, wi in zip(plan.starts, np.asarray(restored), w, strict=True):
-        out[:, y : y + sy, x : x + sx] += segment * wi
-        total[y : y + sy, x : x + sx] += wi
-    return (out / total).astype(np.float32)
-
+    for i, ((y, x), segment) in enumerate(zip(plan.starts, np.asarray(restored), strict=True)):
+        out[:, y : y + sy, x : x + sx] += segment * weight(plan, i)
+    return (out / weight_total(plan)).astype(np.float32)
