@@ -2,7 +2,7 @@
 # What a lent GPU machine runs (the `device` tool of our workplace, or any machine with a
 # CUDA JAX): the GPU tests, then the per-iteration benchmark and whole vs segmented volumes.
 # Logs and tables go to $OUT (default ./gpu-results).
-#   bash benchmarks/on_gpu.sh [tests|bench|segments|all|suite]
+#   bash benchmarks/on_gpu.sh [tests|bench|segments|big|all|suite]
 set -u
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
@@ -13,6 +13,9 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/
 python3 -c "import jax, typer, equinox, tifffile; print('jax', jax.__version__, jax.devices(), 'typer', typer.__version__, 'equinox', equinox.__version__, 'tifffile', tifffile.__version__)" | tee -a "$OUT/device.txt"
 if [[ $what == tests || $what == all ]]; then
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+fi
+if [[ $what == big || $what == all ]]; then
+  python3 benchmarks/bench_big_volume.py --shape 64x2048x2048 --iterations 50 --out "$OUT/big_volume.md" 2>&1 | tail -8
 fi
 if [[ $what == suite ]]; then  # the whole default suite, on the GPU where it uses JAX's default device
   timeout 480 python3 -m pytest -q -p no:cacheprovider -m "not slow" --durations=5 2>&1 | tee "$OUT/suite.log" | tail -25

@@ -139,7 +139,8 @@ def plan_segments(
     if len(overlap) != 2 or min(overlap) < 0:
         raise ParameterError(f"overlap must be (y, x) >= 0 voxels, got {overlap}")
     budget = int(memory_bytes if memory_bytes is not None else MEMORY_MARGIN * device_memory())
-    if segment is None:
+    chosen = segment is None
+    if chosen:
         side = max(ny, nx)
         while side > 1:
             trial = (min(side, ny), min(side, nx))
@@ -151,6 +152,11 @@ def plan_segments(
     for axis, (s, o) in enumerate(zip(segment, overlap, strict=True)):
         n = (ny, nx)[axis]
         if s < n and s <= o:
+            if chosen:
+                raise ParameterError(
+                    f"a memory budget of {budget / 2**20:.0f} MiB allows segments of only {s}x{s} voxels, no larger than "
+                    f"their overlap of {o}: give more memory, or a smaller overlap"
+                )
             raise ParameterError(f"segments of {segment} voxels cannot overlap by {overlap}: make them larger than the overlap")
     starts = tuple((y, x) for y in _starts(ny, segment[0], overlap[0]) for x in _starts(nx, segment[1], overlap[1]))
     per = voxels(make_grid((z, *segment), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
