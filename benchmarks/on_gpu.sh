@@ -15,6 +15,7 @@ if [[ $what == tests || $what == all ]]; then
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 if [[ $what == big || $what == all ]]; then
+  python3 benchmarks/memory_per_voxel.py --shapes 64x512x512 64x1024x1024 32x2048x2048 2>&1 | tail -6
   python3 benchmarks/bench_big_volume.py --shape 64x2048x2048 --iterations 50 --out "$OUT/big_volume.md" 2>&1 | tail -8
 fi
 if [[ $what == suite ]]; then  # the whole default suite, on the GPU where it uses JAX's default device

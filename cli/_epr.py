@@ -397,11 +397,16 @@ def _run_segments(
         elapsed = time.perf_counter() - started
         log.info("%d of %d segments restored, %.1f s%s", done, total, elapsed, f", about {elapsed / done * (total - done):.0f} s left" if done < total else "")
 
-    with jax.default_device(chosen):
-        count = restore_into_store(
-            source, h, alpha=alpha, tol=convergence, max_iterations=iterations, plan=plan, store=store,
-            devices=big.devices, share=share, report=report,
-        )
+    try:
+        with jax.default_device(chosen):
+            count = restore_into_store(
+                source, h, alpha=alpha, tol=convergence, max_iterations=iterations, plan=plan, store=store,
+                devices=big.devices, share=share, report=report,
+            )
+    except BaseException:
+        if store.finished():
+            log.warning("%d finished segments are kept in %s: run again with -resume to go on from there", store.finished(), folder)
+        raise
     log.info("%d segments restored in %.1f s", count, time.perf_counter() - started)
     barrier("eprjax: segments restored")
     if not first:

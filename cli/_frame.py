@@ -265,6 +265,11 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if RUN.debug:
             traceback.print_exc()
+        if "RESOURCE_EXHAUSTED" in str(e):  # the device's memory (XLA's allocator)
+            found = re.search(r"(Out of memory.*?)(?:\.\s|\s*\[|\n|$)", str(e))
+            what = found.group(1).strip() if found else "out of memory"
+            return _fail(f"the device ran out of memory ({what}); give a smaller -memory budget (MiB), so that the volume is restored in smaller segments", 1)
+        if RUN.debug:
             return _fail(f"internal error: {type(e).__name__}: {e}", 1)
         return _fail(f"internal error: {type(e).__name__}: {e} (run with -D for the traceback)", 1)
     finally:

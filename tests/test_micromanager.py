@@ -235,3 +235,13 @@ def test_mmtoi2i_nothing_found(workdir: Path, capsys: pytest.CaptureFixture[str]
         mmtoi2i_main(["empty"])
     assert info.value.code == 1
     assert capsys.readouterr().err == "mmtoi2i: error: empty: no Micro-Manager acquisition found\n"
+
+
+def test_tifffile_without_get_axes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tifffile 2026.9.20 (seen on a GPU machine) has no TiffPageSeries.get_axes/get_shape:
+    the squeezed axes serve as well."""
+    monkeypatch.delattr(tifffile.TiffPageSeries, "get_axes")
+    monkeypatch.delattr(tifffile.TiffPageSeries, "get_shape")
+    for name, test in (("stack", test_image_stack_files), ("one_file", test_all_positions_in_one_file)):
+        (tmp_path / name).mkdir()
+        test(tmp_path / name)

@@ -42,7 +42,7 @@ def test_store_is_removed_after_a_run_and_matches_the_library(files: Path) -> No
     np.testing.assert_allclose(eprjax.read("out").data, library, rtol=1e-5, atol=1e-5 * float(library.max()))
 
 
-def test_an_interrupted_run_resumes(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_run_resumes(files: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "whole_run"]) == 0
     expected = eprjax.read("whole_run").data
     save = _stream.Store.save
@@ -55,7 +55,8 @@ def test_an_interrupted_run_resumes(files: Path, monkeypatch: pytest.MonkeyPatch
         save(self, t, index, *args)
 
     monkeypatch.setattr(_stream.Store, "save", interrupted)
-    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) != 0
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 130
+    assert "3 finished segments are kept in out.i2i.segments: run again with -resume" in capsys.readouterr().err
     assert not Path("out.i2i").exists()  # written whole or not at all
     assert len(list(Path("out.i2i.segments").glob("*.npz"))) == 3
     monkeypatch.setattr(_stream.Store, "save", save)
@@ -126,6 +127,21 @@ def test_bad_big_flags(files: Path, capsys, flags: list[str], message: str) -> N
     assert run_eprjax(["epr", *flags, "-psf", "psf", "-sm", "1e-3", "image", "out"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_out_of_device_memory_says_what_to_do(files: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def exhausted(*args, **kwargs):
+        raise RuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 3.96GiB with allocator GPU_0_bfc on device 0. [executable_name='x']"
+        )
+
+    monkeypatch.setattr(eprjax, "restore", exhausted)
+    assert run_eprjax(["epr", "-psf", "psf", "-sm", "1e-3", "image", "out"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "eprjax: error: the device ran out of memory (Out of memory while trying to allocate 3.96GiB with allocator "
+        "GPU_0_bfc on device 0); give a smaller -memory budget (MiB), so that the volume is restored in smaller segments\n"
+    )
 
 
 def _free_port() -> int:

@@ -100,6 +100,15 @@ def _summary_voxel(summary: dict[str, Any]) -> VoxelSize:
     return (_um(summary.get("z-step_um")), pixel, pixel)
 
 
+def _axes_and_shape(series: Any) -> tuple[str, tuple[int, ...]]:
+    """A series' axes and shape with its length-1 axes, where this tifffile gives them
+    (get_axes / get_shape); releases without those give them squeezed, which serves as
+    well here: an axis of length 1 changes no page index."""
+    if hasattr(series, "get_axes"):
+        return series.get_axes(False), tuple(series.get_shape(False))
+    return str(series.axes), tuple(series.shape)
+
+
 def _stacks(
     path: Path, index: int, axes: str, shape: tuple[int, ...]
 ) -> dict[tuple[int, int], tuple[tuple[int, int, int, int], Callable[[], np.ndarray]]]:
@@ -154,7 +163,7 @@ def _mmstack(files: list[Path], continuations: list[Path]) -> list[Acquisition]:
                 # one series with the positions as axis R.
                 summary = (tif.micromanager_metadata or {}).get("Summary") or {}
                 series = tif.series[0]
-                axes, shape = series.get_axes(False), tuple(series.get_shape(False))
+                axes, shape = _axes_and_shape(series)
                 sizes = dict(zip(axes, shape, strict=True))
                 channels = _channel_names(summary, sizes.get("C", 1))
                 labels = _position_labels(summary, sizes.get("R", 1))
@@ -167,7 +176,7 @@ def _mmstack(files: list[Path], continuations: list[Path]) -> list[Acquisition]:
                 if series.pages[0] is None or series.pages[0].parent.filehandle.path != tif.filehandle.path:
                     continue  # a series whose pixels live in another file of the group
                 covered.update(p.parent.filehandle.path for p in series.pages if p is not None)
-                axes, shape = series.get_axes(False), tuple(series.get_shape(False))
+                axes, shape = _axes_and_shape(series)
                 sizes = dict(zip(axes, shape, strict=True))
                 ome = _ome_image(tif, index) if tif.is_ome else None
                 channels = _ome_channel_names(ome, sizes.get("C", 1))

@@ -438,9 +438,10 @@ def _solve_start(data, psf, alpha, *, grid: Grid, history_length: int):
     return start(data), otf, lam
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "track"))
+@functools.partial(jax.jit, static_argnames=("grid", "track"), donate_argnames=("state",))
 def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid, track: bool):
-    """Advance to ``until`` iterations; also the objective and active fraction there."""
+    """Advance to ``until`` iterations; also the objective and active fraction there. The
+    state given is used up (its buffers hold the new one: no second copy in memory)."""
 
     def advance(state, g):
         state = _advance(state, g, otf, lam, tol, until, grid=grid, track=track)
@@ -451,7 +452,7 @@ def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid, track: bool
     return advance(state, data)
 
 
-@functools.partial(jax.jit, static_argnames=("grid",))
+@functools.partial(jax.jit, static_argnames=("grid",), donate_argnames=("state",))
 def _solve_finish(state, otf, tol, *, grid: Grid):
     finish = functools.partial(_finish, otf=otf, tol=tol, grid=grid)
     for _ in range(state.c.ndim - 3):
