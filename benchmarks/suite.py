@@ -4,7 +4,8 @@
 
 Runs, each as its own process (so one's memory and compilations do not weigh on the next):
 `bench_restore.py` (one EPR iteration against its two FFT pairs, scikit-image's and SciPy's
-Richardson-Lucy), `bench_segments.py` (a volume whole and in segments), `tuning.py` (alpha
+Richardson-Lucy), `bench_segments.py` (a volume whole and in segments), `bench_big_volume.py`
+(a large volume through the command line, whole and segmented: time and peak memory), `tuning.py` (alpha
 chosen without ground truth against the best with it), `super_resolution.py` (two close
 points on a finer grid) and, where ../shared/data is present, `quality_bars.py` (NRMSE on
 the flowdec bars). `--quick` uses smaller sizes and fewer repeats (a few minutes on a
@@ -30,6 +31,7 @@ SHARED = HERE.parents[1] / "shared" / "data"
 SECTIONS = [
     ("Speed per iteration", "bench_restore.py", ["--sizes", "64x256x256", "128x512x512"], ["--sizes", "32x128x128", "--repeats", "3"]),
     ("A volume whole and in segments", "bench_segments.py", [], ["--shape", "24x320x320", "--segment", "240"]),
+    ("A large volume through epr, whole and in segments", "bench_big_volume.py", ["--shape", "32x1024x1024", "--iterations", "20"], ["--shape", "32x512x512", "--iterations", "10", "--memory", "500"]),
     ("Choosing alpha without ground truth", "tuning.py", [], ["--seeds", "3", "--criteria", "discrepancy,sure"]),
     ("Two close points on a finer grid (super_epr)", "super_resolution.py", [], []),
     ("Restoration quality on the flowdec bars", "quality_bars.py", [], []),

@@ -355,7 +355,7 @@ def _run_segments(
         "input_modified_ns": os.stat(input_path(input)[0]).st_mtime_ns,
         "psf_sha1": hashlib.sha1(np.ascontiguousarray(h).tobytes()).hexdigest(), "smoothness": smoothness,
         "iterations": iterations, "convergence": convergence, "segment": list(plan.segment), "overlap": list(plan.overlap),
-        "pad": list(plan.pad), "factor": list(factor), "shape": list(source.shape), "processes": share[1],
+        "pad": list(plan.pad), "factor": list(factor), "shape": list(source.shape),
     }
     chosen_by = ""
     if alpha == AUTO:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -155,14 +156,25 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "EPRJAX_CACHE_DIR": str(tmp / "cache"), "JAX_PLATFORMS": "cpu"}
 
 
-def test_two_processes_give_what_one_gives(files: Path) -> None:
-    """Two local processes joined by jax.distributed (CPU) share the segments; the first
-    writes the output, equal to one process's to float32 rounding."""
+def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two local processes joined by jax.distributed (CPU) share the segments, here going on
+    from a one-process run interrupted after 3 of 9 (-resume); the first writes the output,
+    equal to one process's to float32 rounding."""
     args = ["-m", "eprjax.cli", "epr", "-V", "-psf", "psf", *SEGMENTED, "image"]
     one = subprocess.run([sys.executable, *args, "one"], capture_output=True, text=True, env=_env(files), timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
+    save = _stream.Store.save
+
+    def interrupted(self, t, index, *rest):
+        if len(list(self.path.glob("*.npz"))) == 3:
+            raise KeyboardInterrupt
+        save(self, t, index, *rest)
+
+    monkeypatch.setattr(_stream.Store, "save", interrupted)
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "two"]) == 130
+    monkeypatch.setattr(_stream.Store, "save", save)
     port = _free_port()
-    cluster = ["-coordinator", f"localhost:{port}", "-num_processes", "2"]
+    cluster = ["-coordinator", f"localhost:{port}", "-num_processes", "2", "-resume"]
     procs = [
         subprocess.Popen([sys.executable, *args, "two", *cluster, "-process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(files))
         for i in range(2)
@@ -173,6 +185,8 @@ def test_two_processes_give_what_one_gives(files: Path) -> None:
     assert "process 1 of 2" in outs[0][1] and "process 2 of 2" in outs[1][1]
     plan = eprjax.plan_segments((12, 88, 88), np.asarray(eprjax.read("psf").data), segment=(40, 40), overlap=(16, 16))
     assert f"process 2 of 2: {plan.count // 2} of {plan.count} segments" in outs[1][1]
+    restored = [int(re.search(r"(\d+) segments restored in", err).group(1)) for _, err in outs]
+    assert sum(restored) == plan.count - 3 and min(restored) > 0
     a, b = eprjax.read("one").data, eprjax.read("two").data
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(a.max()))
     assert "on 2 processes" in eprjax.read("two").history[-1]
