@@ -192,6 +192,30 @@ def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.Monk
     assert "on 2 processes" in eprjax.read("two").history[-1]
 
 
+@pytest.mark.slow
+def test_two_processes_tune_alpha_once(files: Path) -> None:
+    """With -sm auto the first process chooses alpha and the other takes it (broadcast over
+    jax.distributed): both restore with the alpha one process alone chooses."""
+    prep = ["-m", "eprjax.cli", "prepdata", "-gain", "1", "-read", "0.5", "image", "image_prep"]
+    done = subprocess.run([sys.executable, *prep], capture_output=True, text=True, env=_env(files), timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    args = ["-m", "eprjax.cli", "epr", "-psf", "psf", "-sm", "auto", "-co", "1e-3", "-segment", "48", "48", "-overlap", "16", "16", "image_prep"]
+    one = subprocess.run([sys.executable, *args, "one"], capture_output=True, text=True, env=_env(files), timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    cluster = ["-coordinator", f"localhost:{_free_port()}", "-num_processes", "2"]
+    procs = [
+        subprocess.Popen([sys.executable, *args, "two", *cluster, "-process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(files))
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    chosen = [re.search(r"alpha (\S+) chosen", eprjax.read(name).history[-1]).group(1) for name in ("one", "two")]
+    assert chosen[0] == chosen[1]
+    a, b = eprjax.read("one").data, eprjax.read("two").data
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(a.max()))
+
+
 PEAK = textwrap.dedent(
     """
     import resource, sys

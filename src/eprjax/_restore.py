@@ -452,7 +452,7 @@ def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid, track: bool
     return advance(state, data)
 
 
-@functools.partial(jax.jit, static_argnames=("grid",), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("grid",))
 def _solve_finish(state, otf, tol, *, grid: Grid):
     finish = functools.partial(_finish, otf=otf, tol=tol, grid=grid)
     for _ in range(state.c.ndim - 3):
