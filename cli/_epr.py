@@ -294,7 +294,8 @@ def _run(
         log.info("segments: %s", plan.describe())
     else:
         log.info("the whole volume fits in memory (predicted peak %.0f MiB): no segments", plan.peak_bytes / 2**20)
-    if segmented or share[1] > 1:
+    if segmented or share[1] > 1 or source.count > 1:
+        # through the store on disk: a time series need not fit in memory either
         _run_segments(
             image, source, h, target, input, smoothness, alpha, iterations, convergence, plan, chosen, big, share, factor,
         )
@@ -416,7 +417,9 @@ def _run_segments(
     k, rel, worst = summary(store, plan, source.count)
     if worst == NONFINITE:
         raise eprjax.EprjaxError(f"{MESSAGES[NONFINITE]} (in a segment; the finished ones are kept in {folder})")
-    what = f"{plan.count} segments of {plan.segment[0]}x{plan.segment[1]}" + (f" on {share[1]} processes" if share[1] > 1 else "")
+    what = (f"{plan.count} segments of {plan.segment[0]}x{plan.segment[1]}" if plan.count > 1 else "whole volumes") + (
+        f" on {share[1]} processes" if share[1] > 1 else ""
+    )
     log.info("segments: at most %d iterations, relative gradient at most %.2e", k, rel)
     _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}, {k} iterations, {what}")
     del result

@@ -80,6 +80,25 @@ def test_an_interrupted_run_resumes(files: Path, monkeypatch: pytest.MonkeyPatch
     assert not Path("out.i2i.segments").exists()
 
 
+def test_a_time_series_resumes_by_volume(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several volumes, each whole, go through the store too: a series need not fit in memory,
+    and an interrupted one goes on from the volumes it finished."""
+    g = np.asarray(eprjax.read("image").data)
+    eprjax.write("series.i2i", np.stack([g, 2 * g, 3 * g]))
+    save = _stream.Store.save
+    monkeypatch.setattr(_stream.Store, "save", lambda self, t, *rest: (_ for _ in ()).throw(KeyboardInterrupt) if t == 1 else save(self, t, *rest))
+    assert run_eprjax(["epr", "-psf", "psf", "-sm", "1e-3", "-co", "1e-4", "series", "out"]) == 130
+    monkeypatch.setattr(_stream.Store, "save", save)
+    restored: list[int] = []
+    solve = _stream.solve_segments
+    monkeypatch.setattr(_stream, "solve_segments", lambda stacked, *a, **k: restored.append(len(stacked)) or solve(stacked, *a, **k))
+    assert run_eprjax(["epr", "-resume", "-psf", "psf", "-sm", "1e-3", "-co", "1e-4", "series", "out"]) == 0
+    assert restored == [1, 1]
+    out = eprjax.read("out")
+    assert out.shape == (3, 12, 88, 88) and "whole volumes" in out.history[-1]
+    np.testing.assert_allclose(out.data[2], 3 * out.data[0], rtol=1e-3, atol=1e-3 * float(out.data[2].max()))
+
+
 def test_without_resume_an_old_store_is_discarded(files: Path) -> None:
     stale = Path("out.i2i.segments")
     stale.mkdir()

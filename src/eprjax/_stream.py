@@ -244,4 +244,5 @@ def summary(store: Store, plan: SegmentPlan, volumes: int) -> tuple[int, float, 
 def describe_share(share: tuple[int, int], plan: SegmentPlan, volumes: int, devices: Sequence[Any]) -> str:
     mine = len(my_segments(plan, volumes, share))
     who = f"process {share[0] + 1} of {share[1]}: " if share[1] > 1 else ""
-    return f"{who}{mine} of {volumes * plan.count} segments on {len(devices)} device(s), {plan.batch} at a time on each"
+    what = "segments" if plan.count > 1 else "volumes"
+    return f"{who}{mine} of {volumes * plan.count} {what} on {len(devices)} device(s), {plan.batch} at a time on each"
