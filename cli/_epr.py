@@ -398,11 +398,23 @@ def _run_segments(
         elapsed = time.perf_counter() - started
         log.info("%d of %d segments restored, %.1f s%s", done, total, elapsed, f", about {elapsed / done * (total - done):.0f} s left" if done < total else "")
 
+    one = None
+    if plan.count == 1 and (RUN.verbose or RUN.debug):
+        # whole volumes: each with its progress line (-V) or its every iteration logged (-D)
+        def one(volume: np.ndarray, t: int) -> tuple[np.ndarray, int, float, int]:
+            progress = Progress(iterations, convergence, f"volume {t + 1}/{source.count}: ")
+            solution = eprjax.restore(
+                volume, h, alpha=alpha, tol=convergence, max_iterations=iterations, pad=plan.pad, factor=factor,
+                callback=progress, callback_interval=None if RUN.debug else 0.25, throw=False,
+            )
+            log.info("%s", progress.finish(solution))
+            return np.asarray(solution.value), int(solution.iterations), float(solution.relative_gradient), int(solution.result)
+
     try:
         with jax.default_device(chosen):
             count = restore_into_store(
                 source, h, alpha=alpha, tol=convergence, max_iterations=iterations, plan=plan, store=store,
-                devices=big.devices, share=share, report=report,
+                devices=big.devices, share=share, report=None if one else report, one=one,
             )
     except BaseException:
         if store.finished():

@@ -99,6 +99,15 @@ def test_a_time_series_resumes_by_volume(files: Path, monkeypatch: pytest.Monkey
     np.testing.assert_allclose(out.data[2], 3 * out.data[0], rtol=1e-3, atol=1e-3 * float(out.data[2].max()))
 
 
+def test_a_time_series_reports_every_iteration_with_D(files: Path, capsys) -> None:
+    g = np.asarray(eprjax.read("image").data)
+    eprjax.write("series.i2i", np.stack([g, 2 * g]))
+    assert run_eprjax(["epr", "-D", "-psf", "psf", "-sm", "1e-3", "-it", "3", "series", "out"]) == 0
+    err = capsys.readouterr().err
+    assert "volume 1/2: iteration 3:" in err and "volume 2/2: iteration 3:" in err
+    assert "volume 2/2: iteration 3:" in Path("out.i2i.log").read_text()
+
+
 def test_without_resume_an_old_store_is_discarded(files: Path) -> None:
     stale = Path("out.i2i.segments")
     stale.mkdir()

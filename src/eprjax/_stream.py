@@ -180,17 +180,26 @@ def restore_into_store(
     devices: int | None = None,
     share: tuple[int, int] = (0, 1),
     report: Callable[[int, int], None] | None = None,
+    one: Callable[[np.ndarray, int], tuple[np.ndarray, int, float, int]] | None = None,
 ) -> int:
     """Restore this process's share of the segments of every volume that the store does not
     hold yet, a chunk (``plan.batch`` segments on each device) at a time, saving each as it
     is done. Every chunk has the same size (the last is padded), so that one compiled
-    function serves the run. ``report(done, total)`` after each chunk. Returns how many
+    function serves the run. ``report(done, total)`` after each chunk. ``one(segment,
+    volume)``: restore each segment by this instead, one at a time (for progress reports as
+    it iterates); it returns (f, iterations, relative gradient, result). Returns how many
     segments were restored."""
     grid = make_grid((plan.data_shape[0], *plan.segment), plan.pad, plan.factor)
     mine = my_segments(plan, source.count, share)
     todo = [(t, i) for t, i in mine if not store.has(t, i)]
     chunk = min(plan.batch * len(local_devices(devices)), max(1, len(mine)))
     sy, sx = plan.segment
+    if one is not None:
+        for done, (t, i) in enumerate(todo, 1):
+            store.save(t, i, *one(source.region(t, *plan.starts[i], sy, sx), t))
+            if report is not None:
+                report(done, len(todo))
+        return len(todo)
     for start in range(0, len(todo), chunk):
         pairs = todo[start : start + chunk]
         stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in pairs])
