@@ -3,8 +3,8 @@
 
     python benchmarks/bench_big_volume.py [--shape 64x2048x2048] [--iterations 50] [--memory 8000] [--out table.md]
 
-The demo's specimen tiled over the field, blurred by the seed's widefield PSF, Poisson noise
-(background 10). Every run does exactly --iterations iterations (-co 1e-9), alpha 1e-3. The
+The volume of bench_segments.py: the demo's specimen tiled over the field, blurred by the
+seed's widefield PSF, Poisson noise (background 10). Every run does exactly --iterations iterations (-co 1e-9), alpha 1e-3. The
 table gives the wall time of the whole command (reading, compiling or loading from the cache,
 restoring, writing), the time per iteration per voxel from the command's own report, and the
 peak resident memory of the process.
@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from bench_segments import simulated_volume  # beside this file
 
 import eprjax
-from eprjax._simulate import SEED_OPTICS, specimen
 
 PEAK = (
     "import resource, sys\nfrom eprjax.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
@@ -35,16 +34,7 @@ PEAK = (
 
 
 def make_volume(shape: tuple[int, int, int], folder: Path) -> None:
-    psf = np.asarray(eprjax.widefield_psf((24, 48, 48), **SEED_OPTICS))
-    tile = specimen((shape[0], min(shape[1], 256), min(shape[2], 256)), z_over_xy=SEED_OPTICS["z_step_um"] / SEED_OPTICS["pixel_size_um"], seed=3) / 50
-    reps = (1, -(-shape[1] // tile.shape[1]), -(-shape[2] // tile.shape[2]))
-    truth = np.tile(tile.astype(np.float32), reps)[:, : shape[1], : shape[2]]
-    kernel = np.zeros(shape, np.float32)
-    kernel[tuple(slice(n // 2 - p // 2, n // 2 - p // 2 + p) for n, p in zip(shape, psf.shape, strict=True))] = psf
-    blurred = np.asarray(jnp.fft.irfftn(jnp.fft.rfftn(truth) * jnp.fft.rfftn(jnp.fft.ifftshift(kernel)), s=shape))
-    del truth, kernel
-    g = (np.random.default_rng(0).poisson(np.maximum(blurred, 0) + 10.0) - 10.0).astype(np.float32)
-    del blurred
+    g, psf = simulated_volume(shape)
     eprjax.write(folder / "psf.i2i", psf)
     eprjax.write(folder / "big.i2i", g)
 

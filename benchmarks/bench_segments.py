@@ -22,6 +22,22 @@ import eprjax
 from eprjax._simulate import SEED_OPTICS, specimen
 
 
+def simulated_volume(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(data, PSF): the demo's specimen tiled over the field (tiles of at most 256x256: its
+    cost grows with the volume squared), blurred by the seed's widefield PSF, with Poisson
+    noise over a background of 10."""
+    psf = np.asarray(eprjax.widefield_psf((24, 48, 48), **SEED_OPTICS))
+    tile = specimen((shape[0], min(shape[1], 256), min(shape[2], 256)), z_over_xy=SEED_OPTICS["z_step_um"] / SEED_OPTICS["pixel_size_um"], seed=3) / 50
+    reps = (1, -(-shape[1] // tile.shape[1]), -(-shape[2] // tile.shape[2]))
+    truth = np.tile(tile.astype(np.float32), reps)[:, : shape[1], : shape[2]]
+    kernel = np.zeros(shape, np.float32)
+    kernel[tuple(slice(n // 2 - p // 2, n // 2 - p // 2 + p) for n, p in zip(shape, psf.shape, strict=True))] = psf
+    blurred = np.asarray(jnp.fft.irfftn(jnp.fft.rfftn(truth) * jnp.fft.rfftn(jnp.fft.ifftshift(kernel)), s=shape))
+    del truth, kernel
+    g = (np.random.default_rng(0).poisson(np.maximum(blurred, 0) + 10.0) - 10.0).astype(np.float32)
+    return g, psf
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="32x512x512")
@@ -29,16 +45,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the Markdown table here")
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.shape.split("x"))
-    psf = np.asarray(eprjax.widefield_psf((24, 48, 48), **SEED_OPTICS))
-    # the demo's specimen on tiles of at most 256x256 (its cost grows with the volume squared)
-    tile = specimen((shape[0], min(shape[1], 256), min(shape[2], 256)), z_over_xy=SEED_OPTICS["z_step_um"] / SEED_OPTICS["pixel_size_um"], seed=3) / 50
-    reps = (1, -(-shape[1] // tile.shape[1]), -(-shape[2] // tile.shape[2]))
-    truth = np.tile(tile.astype(np.float32), reps)[:, : shape[1], : shape[2]]
-    kernel = np.zeros(shape, np.float32)
-    kernel[tuple(slice(n // 2 - p // 2, n // 2 - p // 2 + p) for n, p in zip(shape, psf.shape, strict=True))] = psf
-    blurred = np.asarray(jnp.fft.irfftn(jnp.fft.rfftn(truth) * jnp.fft.rfftn(jnp.fft.ifftshift(kernel)), s=shape))
-    g = (np.random.default_rng(0).poisson(np.maximum(blurred, 0) + 10.0) - 10.0).astype(np.float32)
-    del truth, kernel, blurred
+    g, psf = simulated_volume(shape)
     plan = eprjax.plan_segments(g.shape, psf, segment=(args.segment, args.segment))
     rows = ["| how | wall time, first run | wall time, second run | iterations (most) | max difference / range |", "|---|---|---|---|---|"]
     results = {}

@@ -21,7 +21,7 @@ import eprjax
 from eprjax._fine import fine_voxel_size
 from eprjax._operator import describe as describe_grid
 from eprjax._io import input_path
-from eprjax._restore import MESSAGES, NONFINITE
+from eprjax._restore import MESSAGES, NONFINITE, local_devices
 from eprjax._segments import MEMORY_MARGIN, device_memory, representative
 from eprjax._stream import Source, Store, assemble, describe_share, prepare_store, restore_into_store, summary
 
@@ -303,34 +303,32 @@ def _run(
     if big.resume:
         log.info("-resume: nothing to resume; the volume is restored whole")
     chosen_by = ""
+    volume = source.volume(0)
     if alpha == AUTO:
-        # one alpha for every volume, tuned on the first
-        with jax.default_device(chosen):
-            tuning, chosen_by = choose_alpha(
-                source.volume(0), h, image, input, pad=pad_zyx, factor=factor, tol=convergence, iterations=iterations,
-            )
-        alpha = float(f"{tuning.alpha:.4g}")
-        chosen_by = f" {chosen_by} in {tuning.evaluations} trial restorations"
-    restored = []
-    done = 0
+        alpha, chosen_by = _tuned(volume, h, image, input, pad_zyx, factor, convergence, iterations, chosen)
+    progress = Progress(iterations, convergence, "")
     with jax.default_device(chosen):
-        for index in range(source.count):
-            label = f"volume {index + 1}/{source.count}: " if source.count > 1 else ""
-            progress = Progress(iterations, convergence, label)
-            solution = eprjax.restore(
-                source.volume(index), h, alpha=alpha, tol=convergence, max_iterations=iterations,
-                pad=pad_zyx, factor=factor, callback=progress if RUN.verbose else None,
-                callback_interval=None if RUN.debug else 0.25,
-            )
-            if index == 0:
-                log.info("%s", describe_grid(solution.grid))
-            log.info("%s", progress.finish(solution))
-            done = max(done, int(np.max(np.asarray(solution.iterations))))
-            if not bool(np.all(np.asarray(solution.converged))):
-                log.info("%s", solution.message)
-            restored.append(np.asarray(solution.value))
-    result = np.stack(restored) if len(restored) > 1 else restored[0]
-    _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}, {done} iterations, {describe_grid(solution.grid)}")
+        solution = eprjax.restore(
+            volume, h, alpha=alpha, tol=convergence, max_iterations=iterations,
+            pad=pad_zyx, factor=factor, callback=progress if RUN.verbose else None,
+            callback_interval=None if RUN.debug else 0.25,
+        )
+    log.info("%s", describe_grid(solution.grid))
+    log.info("%s", progress.finish(solution))
+    if not bool(solution.converged):
+        log.info("%s", solution.message)
+    _write(
+        image, np.asarray(solution.value), target, factor,
+        f"epr: alpha {alpha:g}{chosen_by}, {int(solution.iterations)} iterations, {describe_grid(solution.grid)}",
+    )
+
+
+def _tuned(sample, h, image, input, pad, factor, convergence, iterations, chosen) -> tuple[float, str]:
+    """-sm auto: alpha (to 4 digits) tuned on ``sample`` (a volume, or segments together),
+    and how it was chosen, for the history."""
+    with jax.default_device(chosen):
+        tuning, chosen_by = choose_alpha(sample, h, image, input, pad=pad, factor=factor, tol=convergence, iterations=iterations)
+    return float(f"{tuning.alpha:.4g}"), f" {chosen_by} in {tuning.evaluations} trial restorations"
 
 
 def _write(image: eprjax.Image, result: np.ndarray, target: Path, factor: tuple[int, int, int], line: str) -> None:
@@ -351,9 +349,9 @@ def _run_segments(
     shared by the processes of a cluster, never holding the whole volume in memory."""
     first = share[0] == 0
     folder = target.with_name(target.name + ".segments")
+    stat = os.stat(input_path(input)[0])
     manifest = {
-        "input": str(Path(input).resolve()), "input_bytes": os.path.getsize(input_path(input)[0]),
-        "input_modified_ns": os.stat(input_path(input)[0]).st_mtime_ns,
+        "input": str(Path(input).resolve()), "input_bytes": stat.st_size, "input_modified_ns": stat.st_mtime_ns,
         "psf_sha1": hashlib.sha1(np.ascontiguousarray(h).tobytes()).hexdigest(), "smoothness": smoothness,
         "iterations": iterations, "convergence": convergence, "segment": list(plan.segment), "overlap": list(plan.overlap),
         "pad": list(plan.pad), "factor": list(factor), "shape": list(source.shape),
@@ -372,12 +370,7 @@ def _run_segments(
                 picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
                 log.info("tuning on segments %s of %d (the brightest, and down to the median)", ", ".join(str(i + 1) for i in picked), plan.count)
                 sample = np.stack([source.region(0, *plan.starts[i], sy, sx) for i in picked])
-                with jax.default_device(chosen):
-                    tuning, chosen_by = choose_alpha(
-                        sample, h, image, input, pad=plan.pad, factor=factor, tol=convergence, iterations=iterations,
-                    )
-                alpha = float(f"{tuning.alpha:.4g}")
-                chosen_by = f" {chosen_by} in {tuning.evaluations} trial restorations"
+                alpha, chosen_by = _tuned(sample, h, image, input, plan.pad, factor, convergence, iterations, chosen)
             alpha = from_first(alpha if first else 0.0)
     manifest["alpha"] = alpha
     if first:
@@ -388,10 +381,9 @@ def _run_segments(
             log.debug("finished segments are kept in %s until the output is written", folder)
     barrier("eprjax: store ready")
     store = Store(folder)
-    if store.manifest() != {"eprjax_store": 1, **manifest}:
+    if not store.matches(manifest):
         raise eprjax.EprjaxError(f"{folder}: not the store this run prepared (do the processes share a file system?)")
-    devices = jax.local_devices()[: big.devices] if big.devices else jax.local_devices()
-    log.info("%s", describe_share(share, plan, source.count, devices))
+    log.info("%s", describe_share(share, plan, source.count, local_devices(big.devices)))
     started = time.perf_counter()
 
     def report(done: int, total: int) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import EprjaxError, ParameterError
-from ._io import file_backing
+from ._io import _planes, file_backing
 from ._operator import make_grid
 from ._restore import local_devices, solve_segments
 from ._segments import SegmentPlan, weight, weight_total
@@ -79,15 +79,11 @@ class Source:
         """A one-line `ParameterError` if any value is NaN or infinite (a plane at a time)."""
         if np.dtype(getattr(self._data, "dtype", np.float32)).kind not in "fc":
             return
-        for t in range(self.shape[0]):
-            for z in range(self.shape[1]):
-                view = self._open()
-                plane = np.asarray(view[t, z])
-                bad = not bool(np.all(np.isfinite(plane)))
-                del view, plane
-                if bad:
-                    where = f"volume {t + 1}, " if self.shape[0] > 1 else ""
-                    raise ParameterError(f"{name}: the data hold NaN or infinite values ({where}plane {z + 1})")
+        for index, plane in enumerate(_planes(np.asanyarray(self._data), lambda p: p)):
+            if not bool(np.all(np.isfinite(plane))):
+                t, z = divmod(index, self.shape[1])
+                where = f"volume {t + 1}, " if self.shape[0] > 1 else ""
+                raise ParameterError(f"{name}: the data hold NaN or infinite values ({where}plane {z + 1})")
 
 
 class Store:
@@ -112,9 +108,15 @@ class Store:
             os.fsync(out.fileno())
         os.replace(tmp, target)
 
-    def load(self, t: int, index: int, what: str = "f") -> np.ndarray:
+    def load(self, t: int, index: int) -> np.ndarray:
+        """A saved segment's restoration."""
         with np.load(self._file(t, index)) as saved:
-            return saved[what]
+            return saved["f"]
+
+    def statistics(self, t: int, index: int) -> tuple[int, float, int]:
+        """A saved segment's (iterations, relative gradient, result)."""
+        with np.load(self._file(t, index)) as saved:
+            return int(saved["iterations"]), float(saved["relative_gradient"]), int(saved["result"])
 
     def finished(self) -> int:
         """How many segments are saved (of all volumes)."""
@@ -126,6 +128,14 @@ class Store:
         except (OSError, ValueError):
             return None
 
+    def matches(self, manifest: dict[str, Any]) -> bool:
+        """Whether the store was prepared (`prepare_store`) for a run described by ``manifest``."""
+        return self.manifest() == _stamped(manifest)
+
+
+def _stamped(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {"eprjax_store": STORE_FORMAT, **manifest}
+
 
 def prepare_store(path: str | os.PathLike[str], manifest: dict[str, Any], *, resume: bool) -> tuple[Store, int]:
     """The store for a run described by ``manifest`` (JSON values), and how many finished
@@ -133,7 +143,7 @@ def prepare_store(path: str | os.PathLike[str], manifest: dict[str, Any], *, res
     manifest (a `ParameterError` naming what differs if it is not the same); otherwise an
     earlier run's segments are discarded. Call from one process only."""
     store = Store(path)
-    manifest = {"eprjax_store": STORE_FORMAT, **manifest}
+    manifest = _stamped(manifest)
     old = store.manifest()
     if store.path.exists() and not store.path.is_dir():
         raise ParameterError(f"{store.path}: exists and is not a folder; remove it (eprjax keeps finished segments there)")
@@ -241,13 +251,8 @@ def assemble(store: Store, plan: SegmentPlan, volumes: int, *, squeeze: bool = F
 
 def summary(store: Store, plan: SegmentPlan, volumes: int) -> tuple[int, float, int]:
     """(most iterations, largest relative gradient, worst result) over the stored segments."""
-    k, rel, result = 0, 0.0, 0
-    for t in range(volumes):
-        for i in range(plan.count):
-            k = max(k, int(store.load(t, i, "iterations")))
-            rel = max(rel, float(store.load(t, i, "relative_gradient")))
-            result = max(result, int(store.load(t, i, "result")))
-    return k, rel, result
+    stats = [store.statistics(t, i) for t in range(volumes) for i in range(plan.count)]
+    return max(k for k, _, _ in stats), max(r for _, r, _ in stats), max(x for _, _, x in stats)
 
 
 def describe_share(share: tuple[int, int], plan: SegmentPlan, volumes: int, devices: Sequence[Any]) -> str:
