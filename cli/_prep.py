@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Annotated
 
 import numpy as np
@@ -10,7 +11,7 @@ import typer
 
 import eprjax
 from eprjax._fine import fine_voxel_size
-from eprjax._psf import DEFAULT_WAVELENGTH_UM, NORMS
+from eprjax._psf import DEFAULT_WAVELENGTH_UM, MODALITIES, NORMS
 
 from ._convert import describe
 from ._frame import check_output, command, history_line
@@ -28,11 +29,54 @@ def _voxel(given: float | None, known: float | None, flag: str, what: str, name:
     return known
 
 
+def _sampling_out(size_out: float | None, spaced_out: float | None, like: str | None, voxel: tuple[float, float, float]):
+    """The sampling asked for with -size_out/-spaced_out or -like (a data file's voxel
+    size), or None to keep the bead's."""
+    for flag, value in (("-size_out", size_out), ("-spaced_out", spaced_out)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise typer.BadParameter(f"must be > 0 um, got {value}", param_hint=flag)
+    z, xy = voxel[0], voxel[1]
+    if like is not None:
+        data = eprjax.read(like)
+        lz, ly, lx = data.voxel_size_um
+        if lz is None and (ly is None and lx is None):
+            raise eprjax.ParameterError(f"{like}: the file does not say its voxel size; give -size_out and -spaced_out instead")
+        z = lz if lz is not None else z
+        xy = lx if lx is not None else (ly if ly is not None else xy)
+    z = spaced_out if spaced_out is not None else z
+    xy = size_out if size_out is not None else xy
+    out = (float(z), float(xy), float(xy))
+    return None if all(abs(a - b) <= 1e-6 * b for a, b in zip(out, voxel, strict=True)) else out
+
+
+def _report(psf: eprjax.PreparedPSF, sheet: bool) -> None:
+    """The preparation report (-V); its warnings always."""
+    lo, hi = psf.background_range
+    log.info("background %.4g per voxel%s; noise sigma %.3g", float(psf.background), "" if hi - lo < 0.01 else f" (planes {lo:.4g} to {hi:.4g})", psf.noise)
+    sz, sy, sx = psf.shift
+    for number, (index, cz, cy, cx) in enumerate(psf.centres):
+        where = f" (image {index + 1})" if psf.centres[-1][0] > 0 else ""
+        moved = f"; shifted by x {sx:.3f}, y {sy:.3f}, z {sz:.3f}" if number == 0 else ""
+        log.info("bead centre x %.3f, y %.3f, z %.3f (voxels)%s%s", cx, cy, cz, where, moved)
+    log.info("peak signal-to-noise %.0f; sum after background subtraction, before normalisation: %.6g", psf.peak_snr, float(psf.total))
+    fz, fy, fx = psf.fwhm_um
+    log.info("FWHM x %.3f, y %.3f, z %.3f um", fx, fy, fz)
+    log.info("outside the bead's bright core: %.1f%% of the PSF's light", 100 * psf.tail_fraction)
+    if not math.isnan(psf.outside_support):
+        log.info("outside the OTF support: %.2f%% of the energy", 100 * psf.outside_support)
+    elif sheet:
+        log.info("outside the OTF support: not known without -sheet_NA")
+    for line in psf.warnings:
+        log.warning("%s", line)
+
+
 @command
 def preppsf(
-    input: Annotated[str, typer.Argument(metavar="IN", help="The bead image (after prepdata's basic corrections, without -norm).")],
-    output: Annotated[str, typer.Argument(metavar="OUT", help="The prepared PSF to write (float32, origin at the centre).")],
-    na: Annotated[float, typer.Option("-NA", help="Numerical aperture of the objective.")],
+    files: Annotated[
+        list[str],
+        typer.Argument(metavar="IN... OUT", help="The bead image(s) (after prepdata's basic corrections, without -norm), then the prepared PSF to write (float32, origin at the centre)."),
+    ],
+    na: Annotated[float, typer.Option("-NA", help="Numerical aperture of the (detection) objective.")],
     n: Annotated[float, typer.Option("-n", help="Refractive index of the immersion medium.")],
     size: Annotated[float | None, typer.Option("-size", help="XY pixel size at the object, um (default: from the file).")] = None,
     spaced: Annotated[float | None, typer.Option("-spaced", help="Z step between planes, um (default: from the file).")] = None,
@@ -44,42 +88,83 @@ def preppsf(
     ] = "infocus",
     mask: Annotated[
         float | None,
-        typer.Option("-mask", metavar="R", help="Remove what lies outside the widefield OTF's theoretical support, scaled by R (1: as theory says)."),
+        typer.Option("-mask", metavar="R", help="Remove what lies outside the OTF's theoretical support for the modality, scaled by R (1: as theory says); refused when it would remove over 30 % of the energy."),
+    ] = None,
+    modality: Annotated[
+        str, typer.Option("-modality", help="widefield, confocal or lightsheet: the OTF support that -mask and the report use.")
+    ] = "widefield",
+    excitation: Annotated[
+        float | None, typer.Option("-excitation", metavar="UM", help="Excitation wavelength, um (confocal, lightsheet; default: the emission's).")
+    ] = None,
+    sheet_na: Annotated[
+        float | None, typer.Option("-sheet_NA", metavar="NA", help="The light sheet's illumination NA (lightsheet; needed for its OTF support).")
     ] = None,
     center: Annotated[
         tuple[float, float, float] | None,
         typer.Option("-center", metavar="X Y Z", help="The PSF's origin in the input, voxels (default: the bead's centre, found to sub-voxel precision)."),
     ] = None,
-    subxy: Annotated[int | None, typer.Option("-subxy", help="Width of the square XY sub-region, voxels (odd; default: the largest that fits).")] = None,
-    subz: Annotated[int | None, typer.Option("-subz", help="Depth of the sub-region, planes (odd; default: the largest that fits).")] = None,
+    subxy: Annotated[int | None, typer.Option("-subxy", help="Width of the square XY sub-region, voxels (odd; default: where the bead's light ends, plus 2).")] = None,
+    subz: Annotated[int | None, typer.Option("-subz", help="Depth of the sub-region, planes (odd; default: where the bead's light ends, plus 2).")] = None,
     background: Annotated[
-        float | None, typer.Option("-background", help="Background to subtract, per voxel (default: the median of the stack's border).")
+        float | None, typer.Option("-background", help="Background to subtract, per voxel (default: estimated plane by plane, far from the bead).")
     ] = None,
+    beads: Annotated[int, typer.Option("-beads", metavar="N", help="Find and average up to N beads in each image (the brightest, isolated ones).")] = 1,
+    radial: Annotated[bool, typer.Option("-radial", help="Average the PSF over rings about the optical axis (round, aberration-free optics).")] = False,
+    nodistill: Annotated[
+        bool, typer.Option("-nodistill", help="Keep every voxel (negatives clipped) instead of separating the bead's light from the noise floor.")
+    ] = False,
+    size_out: Annotated[float | None, typer.Option("-size_out", metavar="UM", help="Write the PSF at this XY pixel size, um (the data's).")] = None,
+    spaced_out: Annotated[float | None, typer.Option("-spaced_out", metavar="UM", help="Write the PSF at this Z step, um (the data's).")] = None,
+    like: Annotated[str | None, typer.Option("-like", metavar="FILE", help="Write the PSF at the voxel size of this data file.")] = None,
     super_xy: Annotated[
         int, typer.Option("-super", metavar="K", help="Write the PSF on a grid K times finer in XY, for super_epr / epr -super K (band-limited interpolation).")
     ] = 1,
     super_z: Annotated[int, typer.Option("-superz", metavar="KZ", help="Also KZ times finer in Z (for epr -superz KZ).")] = 1,
 ) -> None:
-    """Prepare a 3-D point spread function from an image of a sub-resolution bead.
+    """Prepare a 3-D point spread function from images of sub-resolution beads.
 
-    Subtracts the background, finds the bead's centre and moves it to the middle of a
-    symmetric sub-region (square in XY) by a Fourier shift, normalises, and with -mask
-    removes what the optics cannot transmit; negatives are clipped. Output float32. With
-    -super K, the PSF is brought onto a grid K times finer (for super_epr).
+    Estimates the background plane by plane and the noise, finds the bead (or several:
+    -beads N, or several files) and moves its centre to the middle of a symmetric sub-region
+    (square in XY) by a Fourier shift, separates the bead's light from the noise floor
+    (multiresolution support) and cuts the box where that light ends, optionally averages
+    over rings about the axis (-radial), removes with -mask what the optics cannot transmit
+    (-modality), brings the PSF to the data's sampling (-size_out, -spaced_out, -like),
+    normalises. Output float32. -V reports background, noise, peak SNR, FWHM, the light in
+    the tails and outside the OTF support; what looks wrong is always said.
     """
-    for flag, k in (("-super", super_xy), ("-superz", super_z)):
+    if len(files) < 2:
+        raise typer.BadParameter("give the bead image(s), then the output", param_hint="IN... OUT")
+    inputs, output = files[:-1], files[-1]
+    for flag, k in (("-super", super_xy), ("-superz", super_z), ("-beads", beads)):
         if k < 1:
             raise typer.BadParameter(f"must be an integer >= 1, got {k}", param_hint=flag)
     if norm not in NORMS:
         raise typer.BadParameter(f"must be one of {', '.join(NORMS)}, got {norm!r}", param_hint="-norm")
-    target = check_output(output, input)
-    image = eprjax.read(input)
-    log.info("read %s: %s", input, describe(image))
-    if image.ndim != 3:
-        raise eprjax.ParameterError(f"{input}: a bead image must be one 3-D stack (Z, Y, X), got axes {image.axes}")
+    if modality not in MODALITIES:
+        raise typer.BadParameter(f"must be one of {', '.join(MODALITIES)}, got {modality!r}", param_hint="-modality")
+    for flag, value in (("-excitation", excitation), ("-sheet_NA", sheet_na), ("-NA", na), ("-n", n), ("-lambda", wavelength)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise typer.BadParameter(f"must be a positive number, got {value}", param_hint=flag)
+    if mask is not None and modality == "lightsheet" and sheet_na is None:
+        raise typer.BadParameter("a light-sheet mask needs the sheet's illumination NA", param_hint="-sheet_NA")
+    if (size_out is not None or spaced_out is not None or like is not None) and (super_xy, super_z) != (1, 1):
+        raise typer.BadParameter("give either the data's sampling (-size_out/-spaced_out/-like) or a finer grid (-super/-superz)", param_hint="-super")
+    target = check_output(output, *inputs, *([like] if like else []))
+    images = []
+    for path in inputs:
+        image = eprjax.read(path)
+        log.info("read %s: %s", path, describe(image))
+        if image.ndim != 3:
+            raise eprjax.ParameterError(f"{path}: a bead image must be one 3-D stack (Z, Y, X), got axes {image.axes}")
+        images.append(image)
+    image = images[0]
     z_known, y_known, x_known = image.voxel_size_um
-    pixel = _voxel(size, x_known if x_known is not None else y_known, "-size", "XY pixel size", input)
-    step = _voxel(spaced, z_known, "-spaced", "Z step", input)
+    pixel = _voxel(size, x_known if x_known is not None else y_known, "-size", "XY pixel size", inputs[0])
+    step = _voxel(spaced, z_known, "-spaced", "Z step", inputs[0])
+    for path, other in zip(inputs[1:], images[1:], strict=True):
+        oz, _, ox = other.voxel_size_um
+        if size is None and spaced is None and (oz, ox) != (z_known, x_known) and None not in (oz, ox):
+            raise eprjax.ParameterError(f"{path}: its voxel size ({oz} x {ox} um) differs from {inputs[0]}'s; the beads must share one sampling")
     sub = None
     if subxy is not None or subz is not None:
         full = image.shape
@@ -87,19 +172,28 @@ def preppsf(
         if min(sub) < 1:
             raise typer.BadParameter("sub-region sizes must be >= 1", param_hint="-subxy/-subz")
     centre = None if center is None else (center[2], center[1], center[0])
+    out_voxel = _sampling_out(size_out, spaced_out, like, (step, pixel, pixel))
+    stacks = [np.asarray(im.data) for im in images]
     psf = eprjax.prepare_psf(
-        np.asarray(image.data, np.float32), na=na, n=n, pixel_size_um=pixel, z_step_um=step,
-        wavelength_um=wavelength, norm=norm, mask=mask, size=sub, background=background, centre=centre,
+        stacks if len(stacks) > 1 else stacks[0], na=na, n=n, pixel_size_um=pixel, z_step_um=step,
+        wavelength_um=wavelength, norm=norm, mask=mask, modality=modality, excitation_um=excitation, sheet_na=sheet_na,
+        size=sub, background=background, centre=centre, beads=beads, distill=not nodistill, radial=radial,
+        voxel_size_out_um=out_voxel,
     )
-    cz, cy, cx = psf.centre
-    sz, sy, sx = psf.shift
-    log.info("background %.4g per voxel", float(psf.background))
-    log.info("bead centre x %.3f, y %.3f, z %.3f (voxels); shifted by x %.3f, y %.3f, z %.3f", cx, cy, cz, sx, sy, sz)
-    log.info("sum after background subtraction, before normalisation: %.6g", float(psf.total))
+    _report(psf, modality == "lightsheet")
     if mask is not None:
-        log.info("outside the OTF support (mask %g): %.3g%% of the energy, removed", mask, 100 * float(psf.masked_fraction))
-    value, voxel = np.asarray(psf.value), (step, pixel, pixel)
-    notes = [f"preppsf: centre x {cx:.3f} y {cy:.3f} z {cz:.3f}, background {float(psf.background):.4g}"]
+        log.info("outside the OTF support (%s mask %g): %.3g%% of the energy, removed", modality, mask, 100 * float(psf.masked_fraction))
+    value, voxel = np.asarray(psf.value), psf.voxel_size_um
+    if out_voxel is not None:
+        log.info("brought to the data's sampling, %.4g x %.4g um (z, xy), by band-limited resampling: %s", out_voxel[0], out_voxel[1], "x".join(map(str, value.shape)))
+    cz, cy, cx = psf.centre
+    fz, fy, fx = psf.fwhm_um
+    notes = [
+        f"preppsf: {len(psf.centres)} bead(s), centre x {cx:.3f} y {cy:.3f} z {cz:.3f}, background {float(psf.background):.4g}, noise {psf.noise:.3g}",
+        f"preppsf: FWHM x {fx:.3f} y {fy:.3f} z {fz:.3f} um, tails {100 * psf.tail_fraction:.1f}%, {'distilled' if not nodistill else 'not distilled'}{', radial' if radial else ''}",
+    ]
+    if out_voxel is not None:
+        notes.append(f"preppsf: resampled from {step:.4g} x {pixel:.4g} um to {out_voxel[0]:.4g} x {out_voxel[1]:.4g} um (z, xy)")
     if (super_z, super_xy) != (1, 1):
         factor = (super_z, super_xy, super_xy)
         value = np.asarray(eprjax.fine_psf(value, factor))

@@ -10,6 +10,7 @@ from ._errors import FileFormatError as FileFormatError
 from ._errors import MissingFileError as MissingFileError
 from ._errors import ParameterError as ParameterError
 from ._fine import fine_psf as fine_psf
+from ._fine import resample_psf as resample_psf
 from ._image import Image as Image
 from ._io import read as read
 from ._io import write as write

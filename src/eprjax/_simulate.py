@@ -70,3 +70,36 @@ def simulate(
         return np.clip(np.rint(x), 0, 32767).astype(np.int16)
 
     return Acquisition(truth=truth, image=to_int16(counts), bead=to_int16(bead), background=background)
+
+
+def field_psf(shape: tuple[int, int, int], *, offset=(0.0, 0.0, 0.0), **optics) -> np.ndarray:
+    """The widefield PSF as a camera of ``shape`` sees it: computed on a field twice as wide
+    and cut to the middle, so that defocused light leaves the field instead of wrapping
+    around; sums to at most 1 (what the wider field holds)."""
+    nz, ny, nx = shape
+    h = np.asarray(widefield_psf((nz, 2 * ny, 2 * nx), offset=offset, **optics), np.float64)
+    return h[:, ny - ny // 2 : 2 * ny - ny // 2, nx - nx // 2 : 2 * nx - nx // 2]
+
+
+def bead_stack(
+    shape: tuple[int, int, int] = (64, 128, 128),
+    *,
+    optics: dict,
+    peak_photons: float = 200.0,
+    offset: tuple[float, float, float] = (0.37, -0.21, 0.3),
+    background_photons: float = 10.0,
+    read_noise: float = 1.5,
+    camera_offset: float = 100.0,
+    gain: float = 1.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """A bead acquisition as a camera records it: the PSF (`field_psf`) centred ``offset``
+    voxels off the middle voxel, scaled so its brightest voxel holds ``peak_photons``, on a
+    background, with Poisson and Gaussian read noise (electrons), times ``gain`` (counts per
+    electron), plus the camera's offset (counts). Returns (counts as float32, the photons
+    the whole PSF holds)."""
+    h = field_psf(shape, offset=offset, **optics)
+    photons = peak_photons / h.max()
+    rng = np.random.default_rng(seed)
+    electrons = rng.poisson(h * photons + background_photons) + rng.normal(0, read_noise, shape)
+    return (electrons * gain + camera_offset).astype(np.float32), float(photons)
