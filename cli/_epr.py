@@ -32,7 +32,6 @@ from ._tune import choose_alpha
 
 log = logging.getLogger("eprjax")
 
-VOXEL_TOLERANCE = 0.01  # PSF and data voxel sizes may differ by this fraction
 SUPER_FACTOR, SUPER_ITERATIONS, SUPER_CONVERGENCE = 2, 300, 0.001  # super_epr's fixed settings (the originals')
 
 
@@ -84,44 +83,6 @@ def select_device(name: str | None, *, gpu: bool) -> jax.Device:
         have = ", ".join(str(d) for d in jax.local_devices()) or "none"
         raise eprjax.ParameterError(f"-device: no device {name!r} (JAX sees: {have})")
     return devices[index]
-
-
-def psf_on_object_grid(
-    data: eprjax.Image, psf: eprjax.Image, h: np.ndarray, factor: tuple[int, int, int], psf_name: str
-) -> np.ndarray:
-    """The PSF on the restoration's grid (``factor`` times finer than the data's). Along each
-    axis its file says how it is sampled: like the restoration's grid (used as it is), or
-    like the data (brought to the finer grid by band-limited interpolation); where the file
-    or the data do not say, like the data."""
-    steps, assumed = [], []
-    for axis, k, a, b in zip("zyx", factor, data.voxel_size_um, psf.voxel_size_um, strict=True):
-        if a is None or b is None:
-            steps.append(k)
-            if k > 1:
-                assumed.append(axis)
-            continue
-        fine = a / k
-        if abs(b - fine) <= VOXEL_TOLERANCE * max(b, fine):
-            steps.append(1)
-        elif abs(b - a) <= VOXEL_TOLERANCE * max(a, b):
-            steps.append(k)
-        else:
-            wanted = f"the data's {a:.4g} um" if k == 1 else f"the data's {a:.4g} um or the restoration grid's {fine:.4g} um"
-            raise eprjax.ParameterError(
-                f"{psf_name}: the PSF's voxel size along {axis} is {b:.4g} um, not {wanted}; "
-                "acquire or prepare the PSF at that sampling"
-            )
-    if assumed:
-        log.info("the voxel size along %s is unknown: the PSF is taken as sampled like the data there", ", ".join(assumed))
-    if steps == [1, 1, 1]:
-        return h
-    fine_h = np.asarray(eprjax.fine_psf(h, tuple(steps)))
-    log.info(
-        "the PSF, sampled like the data, brought onto the %dx%dx%d finer grid by band-limited interpolation: %s -> %s "
-        "(it holds no detail finer than the data's sampling; a PSF measured or computed on the fine grid resolves more)",
-        *factor, "x".join(map(str, h.shape)), "x".join(map(str, fine_h.shape)),
-    )
-    return fine_h
 
 
 class Progress:
@@ -257,6 +218,7 @@ def _run(
     device: str | None,
     big: Big = Big(),
     factor: tuple[int, int, int] = (1, 1, 1),
+    voxel: tuple[float | None, float | None] = (None, None),
     *,
     gpu: bool,
 ) -> None:
@@ -278,9 +240,8 @@ def _run(
         log.debug("the log also goes to %s.log", target)
     chosen = select_device(device, gpu=gpu)
     cache = enable_compilation_cache()
-    image, psf_image, source, h = read_inputs(input, psf)
+    image, psf_image, source, h = read_inputs(input, psf, size=voxel[0], spaced=voxel[1], factor=factor)
     alpha = given if given is not None else alpha_from_history(image, input)
-    h = psf_on_object_grid(image, psf_image, h, factor, psf)
     log.info("device %s; compilation cache %s", chosen, cache)
     pad_zyx = None if pad is None else (pad[1], pad[0], pad[0])
     budget = int(big.memory * 2**20) if big.memory is not None else int(MEMORY_MARGIN * device_memory(chosen))
@@ -492,6 +453,8 @@ Super = Annotated[
     ),
 ]
 SuperZ = Annotated[int, typer.Option("-superz", metavar="KZ", help="With -super: also KZ times finer in Z.")]
+Size = Annotated[float | None, typer.Option("-size", metavar="UM", help="The data's XY pixel size, um (default: from the file); the PSF is brought to it.")]
+Spaced = Annotated[float | None, typer.Option("-spaced", metavar="UM", help="The data's Z step, um (default: from the file); the PSF is brought to it.")]
 
 
 def _restoration_command(name: str, doc: str, *, gpu: bool):
@@ -514,10 +477,13 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
         process_id: ProcessId = None,
         super_xy: Super = 1,
         super_z: SuperZ = 1,
+        size: Size = None,
+        spaced: Spaced = None,
     ) -> None:
         big = Big(segment, overlap, devices, memory, resume, coordinator, num_processes, process_id)
         _run(
-            input, output, psf, smoothness, iterations, convergence, pad, device, big, (super_z, super_xy, super_xy), gpu=gpu,
+            input, output, psf, smoothness, iterations, convergence, pad, device, big, (super_z, super_xy, super_xy),
+            (size, spaced), gpu=gpu,
         )
 
     restoration.__name__ = restoration.__qualname__ = name

@@ -113,12 +113,36 @@ def test_bad_psf(prepared, capsys, psf_change, message) -> None:
     assert code == 1 and message in err and err.count("\n") == 1, err
 
 
-def test_voxel_sizes_must_agree(prepared, capsys) -> None:
-    _, psf = prepared
-    eprjax.write("psf_other.i2i", psf, voxel_size_um=(0.3, 0.187, 0.187))
-    code, err = run(epr_main, ["-psf", "psf_other", "-sm", "0.1", "image_prep", "out"], capsys)
-    assert code == 1
-    assert "psf_other: the PSF's voxel size along z is 0.3 um, not the data's 0.25 um" in err
+def test_psf_brought_to_the_data_sampling(workdir, capsys) -> None:
+    """A PSF taken at 0.1 um steps restores data taken at 0.3 um as the PSF computed at 0.3
+    um does (resampled by epr itself, said with -V); one too coarse to resample is refused;
+    data without a voxel size take the PSF's, with a warning, or -size/-spaced."""
+    optics = dict(na=1.0, n=1.33, wavelength_um=0.55, pixel_size_um=0.15)
+    fine = np.asarray(eprjax.widefield_psf((45, 48, 48), z_step_um=0.1, **optics))
+    coarse = np.asarray(eprjax.widefield_psf((15, 48, 48), z_step_um=0.3, **optics))
+    fine, coarse = fine / fine[22].sum(), coarse / coarse[7].sum()  # -norm infocus: planes keep their values
+    rng = np.random.default_rng(0)
+    g = np.real(np.fft.ifftn(np.fft.fftn(rng.gamma(0.3, 100.0, (12, 40, 40))) * np.fft.fftn(np.fft.ifftshift(coarse[1:13, 4:44, 4:44]))))
+    eprjax.write("g.tif", g.astype(np.float32), voxel_size_um=(0.3, 0.15, 0.15))
+    eprjax.write("fine.tif", fine, voxel_size_um=(0.1, 0.15, 0.15))
+    eprjax.write("coarse.tif", coarse, voxel_size_um=(0.3, 0.15, 0.15))
+    code, err = run(epr_main, ["-V", "-psf", "fine.tif", "-sm", "1e-3", "-pad", "0", "0", "g.tif", "a.tif"], capsys)
+    assert code == 0 and "(0.1 x 0.15 x 0.15 um, 45x48x48) brought to the data's sampling (0.3 x 0.15 x 0.15 um)" in err, err
+    assert run(epr_main, ["-psf", "coarse.tif", "-sm", "1e-3", "-pad", "0", "0", "g.tif", "b.tif"], capsys)[0] == 0
+    a, b = np.asarray(eprjax.read("a.tif").data), np.asarray(eprjax.read("b.tif").data)
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.02
+    # a widefield PSF at 0.8 um steps (its axial band reaches 0.82 cycles/um, beyond their 0.625) for data at 0.3
+    eprjax.write("under.tif", np.asarray(eprjax.widefield_psf((9, 48, 48), z_step_um=0.8, **optics)), voxel_size_um=(0.8, 0.15, 0.15))
+    code, err = run(epr_main, ["-psf", "under.tif", "-sm", "1e-3", "g.tif", "c.tif"], capsys)
+    assert code == 1 and "coarser than the 0.3 um needed, and holds light up to its own sampling limit" in err, err
+    eprjax.write("g_.i2i", g.astype(np.float32))  # no voxel size
+    code, err = run(epr_main, ["-psf", "coarse.tif", "-sm", "1e-3", "-pad", "0", "0", "g_", "d.tif"], capsys)
+    assert code == 0 and "g_ states no voxel size along z, y, x; the PSF's (0.3 x 0.15 x 0.15 um) is taken" in err, err
+    code, err = run(epr_main, ["-V", "-psf", "fine.tif", "-sm", "1e-3", "-spaced", "0.3", "-size", "0.15", "-pad", "0", "0", "g_", "e.tif"], capsys)
+    assert code == 0 and "brought to the data's sampling" in err
+    assert eprjax.read("e.tif").voxel_size_um == pytest.approx((0.3, 0.15, 0.15))
+    np.testing.assert_allclose(np.asarray(eprjax.read("e.tif").data), a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))
+    assert run(epr_main, ["-psf", "fine.tif", "-sm", "1e-3", "-size", "-1", "g_", "f.tif"], capsys)[0] == 2
 
 
 def test_refuses_to_overwrite_inputs(prepared, capsys) -> None:

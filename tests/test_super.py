@@ -214,12 +214,12 @@ def test_epr_super_flags_and_psf_sampling(tmp_path, capsys) -> None:
     assert "interpolation" not in err  # already on the fine grid
     out = eprjax.read(tmp_path / "out.i2i")
     assert out.shape == (12, 24, 20) and out.voxel_size_um == pytest.approx((0.15, 0.1, 0.1))
-    # a PSF sampled like neither grid
-    assert cli(["epr", "-super", "2", "-psf", str(tmp_path / "odd"), *args[2:], str(tmp_path / "o2")]) == 1
-    assert "0.13 um" in capsys.readouterr().err
-    # the fine PSF given to plain epr
-    assert cli(["epr", *args, str(tmp_path / "o3")]) == 1
-    assert "voxel size" in capsys.readouterr().err
+    # a PSF sampled like neither grid: resampled to the fine grid's 0.15 x 0.1 um
+    assert cli(["epr", "-V", "-super", "2", "-psf", str(tmp_path / "odd"), *args[2:], str(tmp_path / "o2")]) == 0
+    assert "(0.3 x 0.13 x 0.13 um, 7x9x9) brought to the restoration grid's sampling (0.3 x 0.1 x 0.1 um)" in capsys.readouterr().err
+    # the fine PSF given to plain epr: resampled to the data's sampling
+    assert cli(["epr", "-V", *args, str(tmp_path / "o3")]) == 0
+    assert "brought to the data's sampling (0.3 x 0.2 x 0.2 um)" in capsys.readouterr().err
     assert cli(["epr", "-super", "0", *args, str(tmp_path / "o4")]) == 2
     assert "-super" in capsys.readouterr().err
 
