@@ -11,12 +11,16 @@ import typer
 
 import eprjax
 from eprjax._fine import fine_voxel_size
+from eprjax._prepdata import implied_offset
+
 from eprjax._psf import DEFAULT_WAVELENGTH_UM, MODALITIES, NORMS
 
 from ._convert import describe
+from ._inputs import with_voxel_size
 from ._frame import check_output, command, history_line
 
 log = logging.getLogger("eprjax")
+OFFSET_SHARE = 0.15  # warn when the noise leaves more than this share of the dark level unexplained
 
 
 def _voxel(given: float | None, known: float | None, flag: str, what: str, name: str) -> float:
@@ -205,6 +209,20 @@ def preppsf(
     log.info("wrote %s: %s", written, describe(out))
 
 
+def _check_offset(image: eprjax.Image, gain: float, read: float, name: str) -> None:
+    """A warning when -gain is given without -offset or -dark and the dark level is far
+    brighter than its noise allows for light: the camera's offset would count as photons."""
+    if not (gain > 0 and read >= 0):
+        return
+    level, sigma, expected, extra = implied_offset(image.data, gain=gain, read_noise=read)
+    if sigma < expected and extra > OFFSET_SHARE * level:
+        log.warning(
+            "%s: its dark level (%.4g counts) is far brighter than its noise allows for light at gain %g, read noise %g "
+            "(noise %.3g counts, light of that level would have %.3g): it looks like a camera offset of about %.0f counts, "
+            "which the RNL would count as photons; give -offset (or -dark)", name, level, gain, read, sigma, expected, extra,
+        )
+
+
 RNL_LINE = "prepdata: RNL {rnl:.6g}, alpha = RNL^2 = {alpha:.6g}"
 
 
@@ -228,6 +246,8 @@ def prepdata(
     rnl: Annotated[
         bool, typer.Option("-rnl", help="Report the residual noise limit and alpha = RNL^2, and store them for epr -sm rnl (needs -gain and -read).")
     ] = False,
+    size: Annotated[float | None, typer.Option("-size", metavar="UM", help="The XY pixel size, um, written with the output (default: from the file).")] = None,
+    spaced: Annotated[float | None, typer.Option("-spaced", metavar="UM", help="The Z step, um, written with the output (default: from the file).")] = None,
 ) -> None:
     """Correct a raw image: basic (offset or dark, flat field), then background, then temporal.
 
@@ -241,8 +261,10 @@ def prepdata(
         raise typer.BadParameter("the RNL needs the camera's -gain and -read", param_hint="-rnl")
     inputs = [input] + [f for f in (dark, flat) if f is not None]
     target = check_output(output, *inputs)
-    image = eprjax.read(input)
+    image = with_voxel_size(eprjax.read(input), size, spaced, input)
     log.info("read %s: %s", input, describe(image))
+    if gain is not None and read is not None and offset is None and dark is None:
+        _check_offset(image, gain, read, input)
     extra = {name: np.asarray(eprjax.read(path).data, np.float32) for name, path in (("dark", dark), ("flat", flat)) if path}
     for name, frame in extra.items():
         if frame.ndim == 3 and frame.shape[0] == 1 and frame.shape[1:] == image.shape[-2:]:

@@ -142,3 +142,19 @@ def test_prepdata_dark_and_flat_files(workdir: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         prepdata_main(["-flat", "flat.i2i", "raw.i2i", "flat.i2i"])
     assert "refusing to write over the input flat.i2i" in capsys.readouterr().err
+
+
+def test_prepdata_warns_of_a_camera_offset_and_takes_voxel_sizes(workdir: Path, capsys) -> None:
+    """-gain without -offset on data whose dark level carries an offset (100 counts over 120
+    photons) is warned of, with the offset estimated; with -offset, or without an offset, not.
+    -size/-spaced give the output its voxel size."""
+    data = eprjax._simulate.simulate((24, 64, 64))  # counts = photoelectrons, background 120
+    eprjax.write("raw.tif", data.image.astype(np.float32) + 100)
+    eprjax.write("clean.tif", data.image.astype(np.float32))
+    out = run(prepdata_main, "prepdata -gain 1 -read 2 -size 0.187 -spaced 0.25 raw.tif a.tif", capsys)
+    assert "looks like a camera offset of about" in out and "give -offset" in out, out
+    estimate = float(out.split("camera offset of about ")[1].split()[0])
+    assert 60 < estimate < 120
+    assert eprjax.read("a.tif").voxel_size_um == pytest.approx((0.25, 0.187, 0.187))
+    assert "camera offset" not in run(prepdata_main, "prepdata -gain 1 -read 2 -offset 100 raw.tif b.tif", capsys)
+    assert "camera offset" not in run(prepdata_main, "prepdata -gain 1 -read 2 clean.tif c.tif", capsys)

@@ -23,6 +23,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._arrays import to_jax
@@ -64,6 +65,33 @@ def _box_means(x: Float[Array, "z y x"], box: tuple[int, int, int]) -> Float[Arr
 def darkest_box_mean(x: Float[Array, "z y x"], box: tuple[int, int, int]) -> Float[Array, ""]:
     """The mean of the darkest box of ``box`` (z, y, x) voxels in ``x``."""
     return jnp.min(_box_means(x if x.dtype == jnp.float64 else x.astype(jnp.float32), box))
+
+
+OFFSET_BOX = (8, 32, 32)  # z, y, x: the dark region where the camera model is checked
+
+
+def implied_offset(x: Any, *, gain: float, read_noise: float) -> tuple[float, float, float, float]:
+    """How much of the data's dark level the camera model cannot explain as light: in the
+    darkest box (`OFFSET_BOX`, or the image's size), the level L (counts) and the noise
+    sigma (counts, from neighbour differences along X, robustly); light of L counts would
+    have variance (L gain + read^2) / gain^2, so the level the noise accounts for is
+    P = (sigma^2 gain^2 - read^2) / gain, and the rest, L - P, is an offset the camera adds.
+
+    Returns (L, sigma, the sigma light of L counts would have, L - P).
+    """
+    v = np.asarray(x, np.float32)
+    v = v.reshape((-1, *v.shape[-3:])) if v.ndim >= 3 else v.reshape((1, 1, *v.shape[-2:]))
+    vol = v[0]
+    box = tuple(min(b, n) for b, n in zip(OFFSET_BOX, vol.shape, strict=True))
+    means = np.asarray(_box_means(jnp.asarray(vol), box))
+    corner = np.unravel_index(int(np.argmin(means)), means.shape)
+    dark = vol[tuple(slice(c, c + b) for c, b in zip(corner, box, strict=True))].astype(np.float64)
+    level = float(dark.mean())
+    d = np.diff(dark, axis=-1).ravel()
+    sigma = float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2)) if d.size else 0.0
+    expected = math.sqrt(max(level * gain + read_noise**2, 0.0)) / gain
+    explained = (sigma**2 * gain**2 - read_noise**2) / gain
+    return level, sigma, expected, level - max(explained, 0.0)
 
 
 def _frame(extra, image_shape, volumes_shape, name):

@@ -604,7 +604,7 @@ def restore(
     differentiate: str = "implicit",
     throw: bool = True,
 ) -> Solution:
-    """Restore a 3-D image by EPR: regularised, non-negative least squares (DESIGN.md §2).
+    """Restore a 3-D image by EPR: regularised, non-negative least squares (see the restoration page).
 
     Args:
         data: the image g, axes (Z, Y, X), with optional leading batch axes (e.g. T volumes,
