@@ -231,3 +231,41 @@ def test_shared_light_sheet_bead_distilled(shared_data: Path) -> None:
     sheet = eprjax.prepare_psf(bead, modality="lightsheet", sheet_na=0.4, excitation_um=0.488, mask=1, **kw)
     assert sheet.outside_support < 0.01 and not sheet.warnings
     assert float(sheet.masked_fraction) < 0.01
+
+
+def test_preppsf_command_report_sampling_and_errors(weak_bead, workdir, capsys) -> None:
+    """preppsf on the weak bead by the command alone: the report, the PSF written at the
+    data's sampling (-like), several files; each new flag's bad values are one line."""
+    from eprjax.cli import preppsf_main
+
+    stack, _ = weak_bead
+    eprjax.write("bead.tif", stack, voxel_size_um=(BEAD_STEP, 0.1, 0.1))
+    eprjax.write("data.tif", np.zeros((4, 8, 8), np.float32), voxel_size_um=(DATA_STEP, 0.1, 0.1))
+
+    def run(args):
+        with pytest.raises(SystemExit) as info:
+            preppsf_main(args.split())
+        return info.value.code, capsys.readouterr().err
+
+    code, err = run("-V -NA 1.2 -n 1.33 -radial -like data.tif bead.tif psf.tif")
+    assert code == 0, err
+    for text in ("noise sigma", "bead centre x 64.29", "peak signal-to-noise", "FWHM x 0.", "outside the bead's bright core",
+                 "outside the OTF support", "brought to the data's sampling, 0.3 x 0.1 um"):
+        assert text in err, text
+    out = eprjax.read("psf.tif")
+    assert out.voxel_size_um == pytest.approx((DATA_STEP, 0.1, 0.1)) and out.shape[0] == 21
+    assert any("resampled from 0.1 x 0.1 um to 0.3 x 0.1 um" in line for line in out.history)
+    code, err = run("-NA 1.2 -n 1.33 bead.tif bead.tif two.tif")
+    assert code == 0 and eprjax.read("two.tif").shape[1] == eprjax.read("psf.tif").shape[1]
+    for args, flag in [
+        ("-beads 0", "-beads"), ("-modality phase", "-modality"), ("-modality lightsheet -mask 1", "-sheet_NA"),
+        ("-sheet_NA -1", "-sheet_NA"), ("-size_out 0", "-size_out"), ("-spaced_out nan", "-spaced_out"),
+        ("-excitation 0", "-excitation"), ("-like data.tif -super 2", "-super"),
+    ]:
+        code, err = run(f"-NA 1.2 -n 1.33 {args} bead.tif bad.tif")
+        assert code == 2 and flag in err and err.count("\n") == 1, (args, err)
+    code, err = run("-NA 1.2 -n 1.33 -like missing.tif bead.tif bad.tif")
+    assert code == 1 and "missing" in err and err.count("\n") == 1, err
+    code, err = run("-NA 1.2 -n 1.33 bead.tif")
+    assert code == 2 and "give the bead image(s), then the output" in err
+    assert not Path("bad.tif").exists()

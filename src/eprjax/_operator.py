@@ -23,6 +23,8 @@ from jaxtyping import Array, Complex, Float
 from ._errors import ParameterError
 
 SUPPORT_FRACTION = 1e-3  # a PSF plane (or row, column) beyond this share of the brightest is outside its support
+ENERGY_FRACTION = 1e-3  # the default padding reaches where all but this share of the PSF's energy lies
+PAD_SHARE, PAD_MINIMUM = 0.25, 8  # ... but at most a quarter of the data's size (or 8 voxels) per axis
 
 
 def next_fast_length(n: int) -> int:
@@ -128,11 +130,35 @@ def make_grid(data_shape: Sequence[int], pad: Sequence[int], factor: Sequence[in
     return Grid(data_shape, object_shape, pad, factor)  # type: ignore[arg-type]
 
 
+def energy_half_width(psf: np.ndarray, fraction: float = ENERGY_FRACTION) -> tuple[int, int, int]:
+    """Per axis (z, y, x), the half-width of the slab about the PSF's origin that holds all
+    but ``fraction`` of its energy (sum of squares). The energy, unlike the light, sits in the
+    core: a widefield PSF's defocused planes each carry as much light as the focal one, but
+    spread so thin that their squares are small, and they reach the data as a smooth haze
+    that a modest margin models as well as the full box does (benchmarks/bench_grid.py)."""
+    h = np.asarray(psf, dtype=np.float64) ** 2
+    out = []
+    for axis in range(3):
+        profile = h.sum(axis=tuple(a for a in range(3) if a != axis))
+        origin, total = h.shape[axis] // 2, profile.sum()
+        cumulative = np.array([profile[max(0, origin - w) : origin + w + 1].sum() for w in range(max(origin, h.shape[axis] - 1 - origin) + 1)])
+        out.append(int(np.argmax(cumulative >= (1 - fraction) * total)) if total > 0 else 0)
+    return (out[0], out[1], out[2])
+
+
 def default_pad(psf: np.ndarray, data_shape: Sequence[int]) -> tuple[int, int, int]:
-    """Half the PSF's support on each side (none along an axis where the data have one plane
-    and the PSF has one plane)."""
+    """The default padding per axis (z, y, x): where all but `ENERGY_FRACTION` of the PSF's
+    energy lies (`energy_half_width`), never beyond its support (`psf_half_support`), and at
+    most a quarter of the data's size or 8 voxels, whichever is more, so that a PSF box
+    larger than the data cannot multiply the grid (none along an axis where the data have
+    one plane and the PSF has one plane)."""
     half = psf_half_support(psf)
-    return tuple(0 if (d == 1 and h == 0) else h for d, h in zip(data_shape, half, strict=True))  # type: ignore[return-value]
+    energy = energy_half_width(psf)
+    out = []
+    for d, h, e in zip(data_shape, half, energy, strict=True):
+        cap = max(math.ceil(PAD_SHARE * d), PAD_MINIMUM)
+        out.append(0 if (d == 1 and h == 0) else min(h, e, cap))
+    return (out[0], out[1], out[2])
 
 
 def _placement(n_in: Sequence[int], n_out: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -212,7 +238,8 @@ def describe(grid: Grid) -> str:
         return text + ", periodic (no padding)"
     obj = "x".join(str(n) for n in grid.object_shape)
     pads = ", ".join(f"{a} {lo}+{hi}" for a, (lo, hi) in zip("zyx", grid.pad, strict=True))
-    return f"{text} in a {obj} object grid (pad {pads})"
+    cost = voxels(grid.object_shape) / voxels(grid.fine_shape)
+    return f"{text} in a {obj} object grid (pad {pads}; {cost:.2f}x the data's voxels)"
 
 
 def voxels(shape: Sequence[int]) -> int:

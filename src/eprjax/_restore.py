@@ -682,15 +682,15 @@ def restore(
         raise ParameterError("the data hold NaN or infinite values")
     k = factor3(factor)
     fine_shape = tuple(n * f for n, f in zip(g.shape[-3:], k, strict=True))
-    if pad is None:
-        if not _concrete(h):
-            raise ParameterError("give pad explicitly when the PSF is traced (it sets the array shapes)")
-        pad = default_pad(np.asarray(h), fine_shape)
-    if segment is not None:
+    if pad is None and not _concrete(h):
+        raise ParameterError("give pad explicitly when the PSF is traced (it sets the array shapes)")
+    if segment is not None:  # the plan pads its segments (a segment's inner edges need more)
         return _restore_segmented(
-            data, g, h, alpha, tol, int(max_iterations), _pad3(pad), k, segment, overlap, memory_bytes,
+            data, g, h, alpha, tol, int(max_iterations), None if pad is None else _pad3(pad), k, segment, overlap, memory_bytes,
             history=history, callback=callback, throw=throw, devices=devices,
         )
+    if pad is None:
+        pad = default_pad(np.asarray(h), fine_shape)
     grid = make_grid(g.shape[-3:], _pad3(pad), k)
     alpha_array = jnp.asarray(alpha, dtype)
     history_length = int(max_iterations) if history else 0

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from ._errors import ParameterError
-from ._operator import factor3, make_grid, psf_half_support, voxels
+from ._operator import default_pad, factor3, make_grid, psf_half_support, voxels
 
 BYTES_PER_OBJECT_VOXEL = 60  # peak bytes per object-grid voxel, float32: measured 49-60 (CPU, 64-128x256x256)
 MEMORY_MARGIN = 0.5  # use at most this share of the device's memory
@@ -122,7 +122,7 @@ def plan_segments(
             margins each segment leaves out at a shared edge (one half-width each) and a wide
             blend between them (segmented and whole restorations then differ by < 1 % of the
             data's range; 3x gave 3 % in the tests).
-        pad: (z, y, x) padding of each segment; default: half the PSF's support.
+        pad: (z, y, x) padding of each segment; default: the whole volume's (`restore`'s default).
         memory_bytes: the budget; default: half of the device's memory.
         batch: segments restored at once; default: as many as fit the budget.
         factor: (z, y, x): restore onto a grid this many times finer (the PSF sampled on it;
@@ -132,9 +132,14 @@ def plan_segments(
     factor = factor3(tuple(factor))
     fine_half = psf_half_support(np.asarray(psf))
     half = tuple(-(-h // k) for h, k in zip(fine_half, factor, strict=True))  # in data voxels
-    pad = tuple(int(p) for p in (pad if pad is not None else fine_half))
+    whole = tuple(n * k for n, k in zip((z, ny, nx), factor, strict=True))
+    explicit = pad is not None
+    pad = tuple(int(p) for p in (pad if explicit else default_pad(np.asarray(psf), whole)))
     if len(pad) != 3 or min(pad) < 0:
         raise ParameterError(f"pad must be (z, y, x) >= 0, got {pad}")
+    # a segment's inner edges have real light beyond them: there its padding reaches the
+    # PSF's whole lateral half-support (the volume's own edges keep the default's)
+    cut_pad = pad if explicit else (pad[0], max(pad[1], fine_half[1]), max(pad[2], fine_half[2]))
     overlap = tuple(int(o) for o in (overlap if overlap is not None else (6 * max(1, half[1]) + 2, 6 * max(1, half[2]) + 2)))
     if len(overlap) != 2 or min(overlap) < 0:
         raise ParameterError(f"overlap must be (y, x) >= 0 voxels, got {overlap}")
@@ -142,11 +147,12 @@ def plan_segments(
     chosen = segment is None
     if chosen:
         side = max(ny, nx)
-        while side > 1:
-            trial = (min(side, ny), min(side, nx))
-            if voxels(make_grid((z, *trial), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL <= budget:
-                break
-            side = math.ceil(side * 0.85)
+        if voxels(make_grid((z, ny, nx), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL > budget:
+            while side > 1:
+                trial = (min(side, ny), min(side, nx))
+                if voxels(make_grid((z, *trial), cut_pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL <= budget:
+                    break
+                side = math.ceil(side * 0.85)
         segment = (min(side, ny), min(side, nx))
     segment = (min(int(segment[0]), ny), min(int(segment[1]), nx))
     for axis, (s, o) in enumerate(zip(segment, overlap, strict=True)):
@@ -159,6 +165,8 @@ def plan_segments(
                 )
             raise ParameterError(f"segments of {segment} voxels cannot overlap by {overlap}: make them larger than the overlap")
     starts = tuple((y, x) for y in _starts(ny, segment[0], overlap[0]) for x in _starts(nx, segment[1], overlap[1]))
+    if len(starts) > 1:
+        pad = cut_pad
     per = voxels(make_grid((z, *segment), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
     if per > budget and memory_bytes is not None:
         raise ParameterError(

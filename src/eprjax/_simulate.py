@@ -103,3 +103,26 @@ def bead_stack(
     rng = np.random.default_rng(seed)
     electrons = rng.poisson(h * photons + background_photons) + rng.normal(0, read_noise, shape)
     return (electrons * gain + camera_offset).astype(np.float32), float(photons)
+
+
+def beyond_the_field(
+    data_shape: tuple[int, int, int], psf: np.ndarray, *, brightness: float = 20.0, background: float = 100.0, seed: int = 0,
+    z_over_xy: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A specimen that reaches half the PSF's box past every face of the camera's field,
+    blurred by ``psf`` with a linear convolution (nothing wraps around), Poisson noise on a
+    ``background`` that is then taken off. Returns (the field's data as float32, the truth
+    within the field)."""
+    psf_shape = psf.shape
+    margin = tuple(p // 2 for p in psf_shape)
+    field = tuple(d + 2 * m for d, m in zip(data_shape, margin, strict=True))
+    truth = specimen(field, z_over_xy=z_over_xy, seed=seed) * brightness
+    full = tuple(f + p for f, p in zip(field, psf_shape, strict=True))
+    axes = (0, 1, 2)
+    spectrum = np.fft.rfftn(truth, full, axes=axes) * np.fft.rfftn(np.asarray(psf, np.float64), full, axes=axes)
+    blurred = np.fft.irfftn(spectrum, full, axes=axes)
+    start = tuple(m + p // 2 for m, p in zip(margin, psf_shape, strict=True))
+    blurred = blurred[tuple(slice(s, s + d) for s, d in zip(start, data_shape, strict=True))]
+    rng = np.random.default_rng(seed)
+    data = (rng.poisson(np.maximum(blurred, 0) + background) - background).astype(np.float32)
+    return data, truth[tuple(slice(m, m + d) for m, d in zip(margin, data_shape, strict=True))]
