@@ -142,34 +142,34 @@ def test_several_beads_in_one_stack_and_in_several_files() -> None:
     """Three beads in one stack (different brightness and sub-voxel offsets) are found and
     averaged: the result is closer to the true PSF than one bead's; two files the same."""
     optics = dict(OPTICS, z_step_um=0.2)
-    shape = (32, 96, 192)
+    shape = (24, 64, 168)
     rng = np.random.default_rng(3)
     stack = np.full(shape, 100.0) + rng.normal(0, 1.5, shape)
     offsets = [(0.2, -0.3, 0.1), (-0.4, 0.25, -0.2), (0.1, 0.4, 0.35)]
-    xs = (40, 96, 152)
+    xs = (32, 84, 136)
     for x0, off, peak in zip(xs, offsets, (600.0, 450.0, 300.0), strict=True):
-        h = field_psf((32, 96, 96), offset=off, **optics)
+        h = field_psf((24, 64, 64), offset=off, **optics)
         light = rng.poisson(h * peak / h.max())
         window = np.zeros(shape)
-        lo = x0 - 48
-        a, b = max(0, lo), min(shape[2], lo + 96)
+        lo = x0 - 32
+        a, b = max(0, lo), min(shape[2], lo + 64)
         window[:, :, a:b] = light[:, :, a - lo : b - lo]
         stack += window
     stack += rng.poisson(10.0, shape)
     stack = stack.astype(np.float32)
     kw = dict(na=1.2, n=1.33, wavelength_um=0.52, pixel_size_um=0.1, z_step_um=0.2, norm="total")
     one = eprjax.prepare_psf(stack, **kw)
-    three = eprjax.prepare_psf(stack, beads=3, **kw)
+    three = eprjax.prepare_psf(stack, beads=5, **kw)  # three there are
+    assert three.warnings[0].startswith("stack 1: 3 bead(s) found of the 5")
     assert len(three.centres) == 3 and sorted(round(c[3]) for c in three.centres) == list(xs)
-    assert three.value.shape[1] <= 55  # the box is at most half the beads' distance
+    assert three.value.shape[1] <= 53  # the box is at most half the beads' distance
     truth = field_psf(np.asarray(three.value).shape, **optics)
     cut = tuple(slice((a - b) // 2, (a - b) // 2 + b) for a, b in zip(np.asarray(one.value).shape, np.asarray(three.value).shape, strict=True))
     assert relative_error(three.value, truth) < 0.9 * relative_error(np.asarray(one.value)[cut], truth)
-    files = eprjax.prepare_psf([stack[:, :, :96], stack[:, :, 96:]], **kw)
+    files = eprjax.prepare_psf([stack[:, :, :58], stack[:, :, 58:116]], **kw)
     assert len(files.centres) == 2 and {c[0] for c in files.centres} == {0, 1}
     with pytest.raises(eprjax.ParameterError, match="differ in shape"):
-        eprjax.prepare_psf([stack[:, :, :96], stack[:, :, 90:]], **kw)
-    assert eprjax.prepare_psf(stack, beads=5, **kw).warnings[0].startswith("stack 1: 3 bead(s) found of the 5")
+        eprjax.prepare_psf([stack[:, :, :58], stack[:, :, 50:]], **kw)
 
 
 def test_confocal_and_light_sheet_supports() -> None:
@@ -206,10 +206,10 @@ def test_resample_psf_against_the_model() -> None:
     up = eprjax.resample_psf(coarse_z, (0.3, 0.1, 0.1), (0.1, 0.1, 0.1), shape=(63, 64, 64))
     assert relative_error(up, fine_z) < 5e-3
     def model(pixel, n):
-        return np.asarray(eprjax.widefield_psf((21, 2 * n, 2 * n), z_step_um=0.3, **dict(OPTICS, pixel_size_um=pixel), oversample=8), np.float64)[:, n // 2 : n // 2 + n, n // 2 : n // 2 + n]
-    fine_xy, coarse_xy = model(0.05, 128), model(0.1, 64)
-    down_xy = eprjax.resample_psf(fine_xy, (0.3, 0.05, 0.05), (0.3, 0.1, 0.1), shape=(21, 64, 64))
-    assert relative_error(down_xy, coarse_xy) < 2e-3
+        return np.asarray(eprjax.widefield_psf((15, 2 * n, 2 * n), z_step_um=0.3, **dict(OPTICS, pixel_size_um=pixel), oversample=4), np.float64)[:, n // 2 : n // 2 + n, n // 2 : n // 2 + n]
+    fine_xy, coarse_xy = model(0.05, 96), model(0.1, 48)
+    down_xy = eprjax.resample_psf(fine_xy, (0.3, 0.05, 0.05), (0.3, 0.1, 0.1), shape=(15, 48, 48))
+    assert relative_error(down_xy, coarse_xy) < 5e-3  # measured 2.8e-3: mostly the model's own 4x pixel integration
     assert float(np.sum(down_xy)) == pytest.approx(float(fine_xy.sum()), rel=1e-3)  # the pixels' light kept
     with pytest.raises(eprjax.ParameterError, match="voxel_size_out_um must be"):
         eprjax.resample_psf(fine_z, (0.1, 0.1, 0.1), (0.3, 0, 0.1))

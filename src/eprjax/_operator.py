@@ -24,7 +24,7 @@ from ._errors import ParameterError
 
 SUPPORT_FRACTION = 1e-3  # a PSF plane (or row, column) beyond this share of the brightest is outside its support
 ENERGY_FRACTION = 1e-3  # the default padding reaches where all but this share of the PSF's energy lies
-PAD_SHARE, PAD_MINIMUM = 0.25, 8  # ... but at most a quarter of the data's size (or 8 voxels) per axis
+PAD_MINIMUM = 8  # ... but at most half the PSF's support and the data's size, or this many voxels
 
 
 def next_fast_length(n: int) -> int:
@@ -148,16 +148,21 @@ def energy_half_width(psf: np.ndarray, fraction: float = ENERGY_FRACTION) -> tup
 
 def default_pad(psf: np.ndarray, data_shape: Sequence[int]) -> tuple[int, int, int]:
     """The default padding per axis (z, y, x): where all but `ENERGY_FRACTION` of the PSF's
-    energy lies (`energy_half_width`), never beyond its support (`psf_half_support`), and at
-    most a quarter of the data's size or 8 voxels, whichever is more, so that a PSF box
-    larger than the data cannot multiply the grid (none along an axis where the data have
-    one plane and the PSF has one plane)."""
+    energy lies (`energy_half_width`), but no more than half the PSF's support (at least
+    `PAD_MINIMUM` voxels) and no more than the data's own size (at least `PAD_MINIMUM`).
+
+    Half the support is what keeps the light of objects inside the field from wrapping back
+    into it: an object at one edge sends light a half-support out, and a periodic grid with
+    twice that padding of room takes it before it comes round; light from objects further
+    out, which a larger grid would model, reaches the data as a smooth haze (measured in
+    benchmarks/bench_grid.py). None along an axis where the data have one plane and the PSF
+    has one plane."""
     half = psf_half_support(psf)
     energy = energy_half_width(psf)
     out = []
     for d, h, e in zip(data_shape, half, energy, strict=True):
-        cap = max(math.ceil(PAD_SHARE * d), PAD_MINIMUM)
-        out.append(0 if (d == 1 and h == 0) else min(h, e, cap))
+        room = min(max(math.ceil(h / 2), PAD_MINIMUM), max(int(d), PAD_MINIMUM))
+        out.append(0 if (d == 1 and h == 0) else min(h, e, room))
     return (out[0], out[1], out[2])
 
 

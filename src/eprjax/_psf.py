@@ -347,6 +347,8 @@ def prepare_psf(
     for s in stacks:
         if s.ndim != 3:
             raise ParameterError(f"the bead image must be (Z, Y, X), got shape {tuple(s.shape)}")
+        if s.shape != stacks[0].shape:
+            raise ParameterError(f"the bead stacks differ in shape: {tuple(stacks[0].shape)} and {tuple(s.shape)}")
     if centre is not None and (len(stacks) > 1 or beads > 1):
         raise ParameterError("centre can be given for one bead in one stack only")
     voxel = (float(z_step_um), float(pixel_size_um), float(pixel_size_um))
@@ -366,82 +368,22 @@ def prepare_psf(
     warnings: list[str] = []
 
     # every stack: its background per plane, its noise, its beads and their centres
-    found: list[tuple[np.ndarray, np.ndarray]] = []  # (stack minus background, bead centre)
-    levels, noises, listed, noises_per_bead = [], [], [], []
+    found: list[tuple[np.ndarray, np.ndarray, float]] = []  # (stack minus background, bead centre, noise)
+    levels, listed = [], []
     for index, s in enumerate(stacks):
-        x = np.asarray(s)
-        if not np.all(np.isfinite(x)):
-            raise ParameterError("the bead image holds NaN or infinite values")
-        edge = _distill.border(x.shape)
-        sigma = _distill.noise_sigma(x, edge)
-        flat = float(np.median(x[edge]))
-        y0 = x - np.float32(flat if background is None else background)
-        if centre is None:
-            peaks = _distill.find_beads(y0, sigma, beads, radius)
-            if not peaks:
-                blurred = np.asarray(_distill.smooth(jnp.asarray(y0), (1.0,))[0])
-                peak = np.array(np.unravel_index(np.argmax(blurred), x.shape))
-                if not blurred.max() > 5 * sigma / 3 and not (sigma == 0 and blurred.max() > 0):
-                    raise ParameterError(f"no bead: nothing stands above the background ({flat:.4g} +- {sigma:.3g})")
-                if np.any(peak - radius < 0) or np.any(peak + radius >= np.array(x.shape)):
-                    raise ParameterError(
-                        f"the bead (brightest at z {peak[0]}, y {peak[1]}, x {peak[2]}) is too close to the edge to centre"
-                    )
-                peaks = [peak]
-            if len(peaks) < beads:
-                warnings.append(f"stack {index + 1}: {len(peaks)} bead(s) found of the {beads} asked for (isolated, bright, away from the edges)")
-        else:
-            found_centre = np.asarray(centre, dtype=np.float64)
-            if found_centre.shape != (3,):
-                raise ParameterError(f"centre must be (z, y, x), got {centre!r}")
-            peaks = [np.round(found_centre).astype(int)]
-        if background is None:
-            light = _distill.core(y0, sigma, peaks)
-            level = _distill.plane_background(x, _distill.far_from(light), sigma, flat)
-        else:
-            level = np.full(x.shape[0], float(background))
-        y = x - level[:, None, None].astype(np.float32)
-        for p in peaks:
-            c = _centroid(y, p, radius) if centre is None else np.asarray(centre, np.float64)
-            found.append((y, c))
-            listed.append((index, *(float(v) for v in c)))
-            noises_per_bead.append(sigma)
+        y, level, sigma, centres = _beads_in(np.asarray(s), index, background, centre, beads, radius, warnings)
+        found += [(y, c, sigma) for c in centres]
+        listed += [(index, *(float(v) for v in c)) for c in centres]
         levels.append(level)
-        noises.append(sigma)
     _saturation(bead, warnings)
-
-    # the common symmetric box (square in XY) that fits around every bead, and beads apart
-    shape0 = found[0][0].shape
-    room_z, room_xy = 10**9, 10**9
-    for y, c in found:
-        if y.shape != shape0:
-            raise ParameterError(f"the bead stacks differ in shape: {shape0} and {y.shape}")
-        room = np.floor(np.minimum(c, np.array(y.shape) - 1 - c)).astype(int)
-        room_z, room_xy = min(room_z, int(room[0])), min(room_xy, int(min(room[1], room[2])))
-    for i, (yi, ci) in enumerate(found):
-        for yj, cj in found[i + 1 :]:
-            if yi is yj:
-                apart = np.abs(ci - cj)
-                if apart[1] < 2 * room_xy + 1 and apart[2] < 2 * room_xy + 1 and apart[0] < 2 * room_z + 1:
-                    room_xy = min(room_xy, int(max(apart[1], apart[2]) // 2))
-    if size is not None:
-        want_z, want_xy = (int(v) // 2 for v in size)
-        if want_z > room_z or want_xy > room_xy:
-            c = found[0][1]
-            raise ParameterError(
-                f"a {size[0]} x {size[1]} x {size[1]} sub-region does not fit around the bead at "
-                f"z {c[0]:.2f}, y {c[1]:.2f}, x {c[2]:.2f} in a {tuple(shape0)} stack "
-                f"(at most {2 * room_z + 1} x {2 * room_xy + 1})"
-            )
-    if room_z < 1 or room_xy < 2:
-        raise ParameterError(f"the bead is too close to the edge: no sub-region fits around it ({found[0][1]})")
+    room_z, room_xy = _room(found, size)
     crop = (2 * room_z + 1, 2 * room_xy + 1, 2 * room_xy + 1)
     summed = np.zeros(crop, np.float32)
-    for y, c in found:
+    for y, c, _ in found:
         whole = np.round(c).astype(int)
         corner = (int(whole[0] - room_z), int(whole[1] - room_xy), int(whole[2] - room_xy))
         summed += np.asarray(_cut(jnp.asarray(y), jnp.asarray(c - whole, jnp.float32), corner=corner, size=crop))
-    sigma = float(math.sqrt(sum(s * s for s in noises_per_bead)))  # the sum's noise
+    sigma = float(math.sqrt(sum(n * n for *_, n in found)))  # the sum's noise
     peak_snr = float(summed.max() / sigma) if sigma > 0 else math.inf
     middle = tuple(m // 2 for m in crop)
 
@@ -501,7 +443,7 @@ def prepare_psf(
         voxel_size_um=out_voxel if out_voxel is not None else voxel,
         background=jnp.asarray(float(np.mean(levels[0])), jnp.float32),
         background_range=(float(min(lv.min() for lv in levels)), float(max(lv.max() for lv in levels))),
-        noise=float(noises[0]),
+        noise=float(found[0][2]),
         peak_snr=peak_snr,
         centre=tuple(float(v) for v in first),
         centres=tuple(listed),
@@ -513,6 +455,70 @@ def prepare_psf(
         masked_fraction=masked,
         warnings=tuple(warnings),
     )
+
+
+def _beads_in(x: np.ndarray, index: int, background, centre, beads: int, radius: np.ndarray, warnings: list[str]):
+    """One stack's background per plane (or the one given), its noise sigma, and its beads'
+    centres (up to ``beads``, or the ``centre`` given); returns (the stack minus its
+    background, the background per plane, sigma, the centres)."""
+    if not np.all(np.isfinite(x)):
+        raise ParameterError("the bead image holds NaN or infinite values")
+    edge = _distill.border(x.shape)
+    sigma = _distill.noise_sigma(x, edge)
+    flat = float(np.median(x[edge]))
+    y0 = x - np.float32(flat if background is None else background)
+    if centre is None:
+        peaks = _distill.find_beads(y0, sigma, beads, radius)
+        if not peaks:
+            blurred = np.asarray(_distill.smooth(jnp.asarray(y0), (1.0,))[0])
+            peak = np.array(np.unravel_index(np.argmax(blurred), x.shape))
+            if not blurred.max() > 5 * sigma / 3 and not (sigma == 0 and blurred.max() > 0):
+                raise ParameterError(f"no bead: nothing stands above the background ({flat:.4g} +- {sigma:.3g})")
+            if np.any(peak - radius < 0) or np.any(peak + radius >= np.array(x.shape)):
+                raise ParameterError(f"the bead (brightest at z {peak[0]}, y {peak[1]}, x {peak[2]}) is too close to the edge to centre")
+            peaks = [peak]
+        if len(peaks) < beads:
+            warnings.append(f"stack {index + 1}: {len(peaks)} bead(s) found of the {beads} asked for (isolated, bright, away from the edges)")
+    else:
+        given = np.asarray(centre, dtype=np.float64)
+        if given.shape != (3,):
+            raise ParameterError(f"centre must be (z, y, x), got {centre!r}")
+        peaks = [np.round(given).astype(int)]
+    if background is None:
+        level = _distill.plane_background(x, _distill.far_from(_distill.core(y0, sigma, peaks)), sigma, flat)
+    else:
+        level = np.full(x.shape[0], float(background))
+    y = x - level[:, None, None].astype(np.float32)
+    centres = [_centroid(y, p, radius) for p in peaks] if centre is None else [np.asarray(centre, np.float64)]
+    return y, level, sigma, centres
+
+
+def _room(found, size) -> tuple[int, int]:
+    """The half-sizes (z, xy) of the largest symmetric box, square in XY, that fits around
+    every bead and, for beads of one stack, reaches no more than halfway to the next one;
+    checked against the ``size`` asked for."""
+    shape0 = found[0][0].shape
+    room_z, room_xy = 10**9, 10**9
+    for y, c, _ in found:
+        room = np.floor(np.minimum(c, np.array(y.shape) - 1 - c)).astype(int)
+        room_z, room_xy = min(room_z, int(room[0])), min(room_xy, int(min(room[1], room[2])))
+    for i, (yi, ci, _) in enumerate(found):
+        for yj, cj, _ in found[i + 1 :]:
+            apart = np.abs(ci - cj)
+            if yi is yj and apart[1] < 2 * room_xy + 1 and apart[2] < 2 * room_xy + 1 and apart[0] < 2 * room_z + 1:
+                room_xy = min(room_xy, int(max(apart[1], apart[2]) // 2))
+    if size is not None:
+        want_z, want_xy = (int(v) // 2 for v in size)
+        if want_z > room_z or want_xy > room_xy:
+            c = found[0][1]
+            raise ParameterError(
+                f"a {size[0]} x {size[1]} x {size[1]} sub-region does not fit around the bead at "
+                f"z {c[0]:.2f}, y {c[1]:.2f}, x {c[2]:.2f} in a {tuple(shape0)} stack "
+                f"(at most {2 * room_z + 1} x {2 * room_xy + 1})"
+            )
+    if room_z < 1 or room_xy < 2:
+        raise ParameterError(f"the bead is too close to the edge: no sub-region fits around it ({found[0][1]})")
+    return room_z, room_xy
 
 
 def _saturation(bead: Any, warnings: list[str]) -> None:
