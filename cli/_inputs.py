@@ -20,15 +20,17 @@ from ._convert import describe
 
 log = logging.getLogger("eprjax")
 
-_RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)")
+_RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)(?P<rest>.*)")
+MEASURED = "noise measured on the data"  # how prepdata's history says its RNL did not come from the camera
 VOXEL_TOLERANCE = 0.01  # PSF and data voxel sizes may differ by this fraction
 NYQUIST_SHARE = 0.01  # a PSF coarser than the data: refused when more of its energy than this
 NYQUIST_BAND = 0.4  # ... lies above this many cycles per voxel (the top fifth of its band)
 
 
-def rnl_from_history(image: eprjax.Image) -> float | None:
-    """The last RNL that prepdata wrote into ``image``'s history, or None."""
-    found = [m for line in image.history if (m := _RNL.search(line))]
+def rnl_from_history(image: eprjax.Image, *, camera_only: bool = False) -> float | None:
+    """The last RNL that prepdata wrote into ``image``'s history (``camera_only``: from the
+    camera's numbers, not from the noise it measured on the data), or None."""
+    found = [m for line in image.history if (m := _RNL.search(line)) and not (camera_only and MEASURED in m["rest"])]
     return float(found[-1]["rnl"]) if found else None
 
 

@@ -16,7 +16,7 @@ from eprjax._prepdata import implied_offset
 from eprjax._psf import DEFAULT_WAVELENGTH_UM, MODALITIES, NORMS
 
 from ._convert import describe
-from ._inputs import with_voxel_size
+from ._inputs import MEASURED, with_voxel_size
 from ._frame import check_output, command, history_line
 
 log = logging.getLogger("eprjax")
@@ -223,7 +223,7 @@ def _check_offset(image: eprjax.Image, gain: float, read: float, name: str) -> N
         )
 
 
-RNL_LINE = "prepdata: RNL {rnl:.6g}, alpha = RNL^2 = {alpha:.6g}"
+RNL_LINE = "prepdata: RNL {rnl:.6g}, alpha = RNL^2 = {alpha:.6g}{source}"
 
 
 @command
@@ -244,21 +244,21 @@ def prepdata(
     gain: Annotated[float | None, typer.Option("-gain", help="Camera gain, electrons per count (for the RNL).")] = None,
     read: Annotated[float | None, typer.Option("-read", help="Camera read noise, electrons RMS (for the RNL).")] = None,
     rnl: Annotated[
-        bool, typer.Option("-rnl", help="Report the residual noise limit and alpha = RNL^2, and store them for epr -sm rnl (needs -gain and -read).")
+        bool, typer.Option("-rnl", help="Report the residual noise limit and alpha = RNL^2, and store them for epr -sm rnl (always done where the noise is known: from -gain and -read, else measured on the data); an error where it is not.")
     ] = False,
     size: Annotated[float | None, typer.Option("-size", metavar="UM", help="The XY pixel size, um, written with the output (default: from the file).")] = None,
     spaced: Annotated[float | None, typer.Option("-spaced", metavar="UM", help="The Z step, um, written with the output (default: from the file).")] = None,
 ) -> None:
     """Correct a raw image: basic (offset or dark, flat field), then background, then temporal.
 
-    With the camera's gain and read noise it reports the residual noise limit (RNL, noise RMS
-    over signal RMS from the camera model) and the alpha it suggests, RNL^2, and keeps both in
-    the output's history, where epr -sm rnl finds them.
+    It reports the residual noise limit (RNL, noise RMS over signal RMS) and the alpha it
+    suggests, RNL^2, and keeps both in the output's history, where epr -sm rnl finds them:
+    the noise from the camera model with -gain and -read, else measured on the data
+    themselves (a Poisson-Gaussian model; -V shows it as a camera's gain and read noise, and
+    compares it with -gain and -read when they are given).
     """
     if norm not in ("none", "first"):
         raise typer.BadParameter(f"must be first or none, got {norm!r}", param_hint="-norm")
-    if rnl and (gain is None or read is None):
-        raise typer.BadParameter("the RNL needs the camera's -gain and -read", param_hint="-rnl")
     inputs = [input] + [f for f in (dark, flat) if f is not None]
     target = check_output(output, *inputs)
     image = with_voxel_size(eprjax.read(input), size, spaced, input)
@@ -279,10 +279,27 @@ def prepdata(
     if norm == "first":
         factors = np.asarray(prepared.scale)
         log.info("temporal normalisation: factors %.4g to %.4g", factors.min(), factors.max())
-    if gain is not None and read is not None:
-        value, alpha = float(prepared.rnl), float(prepared.alpha)
-        typer.echo(f"RNL {value:.4g}; suggested smoothness alpha = RNL^2 = {alpha:.4g}")
-        lines.append(RNL_LINE.format(rnl=value, alpha=alpha))
+    camera = gain is not None and read is not None
+    noise = prepared.noise
+    if noise is not None:
+        log.info("the data's own noise: %s", noise.describe(offset))
+        if camera:
+            log.info(
+                "measured against the camera's numbers: gain %.3g +- %.2g electrons per count (given %g)%s",
+                noise.gain, noise.gain_error, gain,
+                f", read noise {noise.read_noise(offset):.3g} +- {noise.read_noise_error(offset):.2g} electrons (given {read:g})" if offset is not None else "",
+            )
+            if not 0.8 < noise.gain / gain < 1.25 and abs(noise.gain - gain) > 3 * noise.gain_error:
+                log.warning("%s: the noise measured on the data implies a gain of %.3g electrons per count, not %g: check -gain", input, noise.gain, gain)
+    value, alpha = float(prepared.rnl), float(prepared.alpha)
+    if math.isfinite(value):
+        where = "" if camera else f", {MEASURED}"
+        typer.echo(f"RNL {value:.4g}{where}; suggested smoothness alpha = RNL^2 = {alpha:.4g}")
+        lines.append(RNL_LINE.format(rnl=value, alpha=alpha, source=where))
+    elif rnl:
+        raise eprjax.ParameterError(
+            "-rnl: the noise could not be measured on this image (at least 5x5x5 voxels with noise are needed): give the camera's -gain and -read"
+        )
     out = image.replace(data=np.asarray(prepared.value)).add_history(*lines)
     written = eprjax.write(target, out)
     log.info("wrote %s: %s", written, describe(out))

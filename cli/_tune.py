@@ -36,27 +36,49 @@ def choose_alpha(
     start: float | None = None,
     method: str = "search",
 ) -> tuple[eprjax.Tuning, str]:
-    """Tune alpha on ``volume``; the noise from the camera (gain, read noise) or from the RNL
-    prepdata wrote into the history. Returns the tuning and a line for the history."""
+    """Tune alpha on ``volume``; the noise from the camera (gain, read noise) when given, else
+    measured on the data (and compared with the camera's, or with the RNL prepdata wrote into
+    the history, when those exist). Returns the tuning and a line for the history."""
     variance, source = None, None
     if gain is not None or read is not None:
         if gain is None or read is None:
             raise eprjax.ParameterError("give both -gain and -read (or neither)")
         variance = eprjax.camera_variance(volume, gain=gain, read_noise=read, offset=offset)
         source = f"camera gain {gain:g}, read noise {read:g}"
-    elif (rnl := rnl_from_history(image)) is not None:
+    elif (rnl := rnl_from_history(image, camera_only=True)) is not None:
         variance = eprjax.noise_variance_from_rnl(volume, rnl)
         source = f"RNL {rnl:.4g} from prepdata"
+    flat = np.concatenate(list(volume), axis=0) if volume.ndim == 4 else volume
+    model = None
+    try:
+        model = eprjax.estimate_noise(flat)
+        log.info("%s: the data's own noise: %s", name, model.describe())
+    except eprjax.ParameterError as e:
+        log.warning("%s: the noise could not be measured on the data (%s)", name, e)
+    if model is not None:
+        level = float(np.median(flat))
+        mine = float(model.variance(level))
+        if variance is not None:
+            theirs = float(np.median(np.asarray(variance)))
+            log.info("%s: noise at the median level %.4g: %.4g RMS from the %s, %.4g measured", name, level, math.sqrt(theirs), source, math.sqrt(mine))
+            if not 0.8 < theirs / mine < 1.25:
+                log.warning(
+                    "%s: the %s gives a noise variance %.3g times the one measured on the data; check the camera's "
+                    "gain, read noise and offset (the measured noise is used only without them)", name, source, theirs / mine,
+                )
+        else:
+            variance = model.voxel_variance(flat).reshape(volume.shape)
+            source = "measured on the data"
     automatic = criterion is None
     if criterion is None:
         criterion = "reference" if reference is not None else ("discrepancy" if variance is not None else "gcv")
         if criterion == "gcv":
             log.warning(
-                "%s: no noise model (prepdata -gain G -read R, or -gain/-read here): choosing alpha by generalised "
+                "%s: no noise model (it could not be measured, and no -gain/-read was given): choosing alpha by generalised "
                 "cross-validation, which tends to pick it too small for deconvolution; check the result", name,
             )
     if criterion in ("sure", "discrepancy") and variance is None:
-        raise eprjax.ParameterError(f"-criterion {criterion} needs the noise: -gain G -read R, or an input prepared by prepdata -gain G -read R")
+        raise eprjax.ParameterError(f"-criterion {criterion} needs the noise, which could not be measured on the data: give -gain G -read R")
     where = "x".join(map(str, volume.shape[-3:])) + (f" voxels, {volume.shape[0]} segments" if volume.ndim == 4 else " voxels")
     log.info("tuning alpha by %s%s on %s", criterion, f" (noise: {source})" if source and criterion != "gcv" else "", where)
 

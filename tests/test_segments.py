@@ -105,12 +105,12 @@ def test_four_devices_agree_with_one(tmp_path) -> None:
         from tests.test_restore import gaussian_psf, scene, blurred
         assert len(jax.local_devices()) == 4, jax.local_devices()
         psf = gaussian_psf((9, 9, 9), (2.0, 1.5, 1.5))
-        g = blurred(scene((16, 96, 96)), psf)
-        one = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, segment=(48, 48), devices=1).value
-        four = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, segment=(48, 48), devices=4).value
-        three = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, segment=(48, 48), devices=3).value
-        fine = [eprjax.restore(g[:8, :48, :48], psf, alpha=1e-3, tol=1e-4, factor=2, segment=(24, 24), devices=n).value for n in (1, 3)]
-        assert fine[0].shape == (8, 96, 96)
+        g = blurred(scene((12, 64, 64)), psf)
+        one = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, segment=(32, 32), devices=1).value
+        four = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, segment=(32, 32), devices=4).value
+        three = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, segment=(32, 32), devices=3).value
+        fine = [eprjax.restore(g[:8, :32, :32], psf, alpha=1e-3, tol=1e-4, factor=2, segment=(24, 24), devices=n).value for n in (1, 3)]
+        assert fine[0].shape == (8, 64, 64)
         print(float(np.abs(one - four).max() / np.abs(one).max()), float(np.abs(one - three).max() / np.abs(one).max()),
               float(np.abs(fine[0] - fine[1]).max() / np.abs(fine[0]).max()))
         """

@@ -164,9 +164,15 @@ def test_tune_command_and_epr_sm_auto(tmp_path, capsys) -> None:
     assert cli(["epr", "-psf", str(tmp_path / "psf"), "-sm", "auto", str(tmp_path / "g"), str(tmp_path / "out")]) == 0
     line = eprjax.read(tmp_path / "out.i2i").history[-1]
     assert "chosen by discrepancy (RNL" in line and f"alpha {alpha:g}"[:10] in line
-    # errors: one line, no output
+    # without the camera's numbers the noise is measured on the data (Gaussian here: no
+    # Poisson part, and the measured variance close to sigma^2)
     eprjax.write(tmp_path / "plain.i2i", eprjax.Image(g))
-    assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "sure", str(tmp_path / "plain")]) == 1
+    assert cli(["tune", "-V", "-psf", str(tmp_path / "psf"), "-criterion", "sure", str(tmp_path / "plain")]) == 0
+    err = capsys.readouterr().err
+    assert "the data's own noise" in err and "no Poisson part" in err
+    # errors: one line, no output (four planes are too few to measure the noise on)
+    eprjax.write(tmp_path / "thin.i2i", eprjax.Image(g[:4]))
+    assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "sure", str(tmp_path / "thin")]) == 1
     assert "needs the noise" in capsys.readouterr().err
     assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "best", str(tmp_path / "plain")]) == 2
 

@@ -97,7 +97,7 @@ def test_prepdata_rnl_feeds_epr(workdir: Path, capsys, monkeypatch) -> None:
 def test_prepdata_and_preppsf_errors(workdir: Path, capsys) -> None:
     eprjax.write("raw.i2i", np.ones((4, 8, 8), np.int16))
     for argv, message in [
-        (["-rnl", "raw", "out"], "the RNL needs the camera's -gain and -read"),
+        (["-rnl", "raw", "out"], "give the camera's -gain and -read"),
         (["-norm", "last", "raw", "out"], "must be first or none"),
         (["-bg_ref", "5", "5", "raw", "out"], "-bg_ref"),
         (["-gain", "0", "-read", "1", "raw", "out"], "gain must be > 0"),

@@ -8,10 +8,11 @@
   volume (a time series, 4-D) so that its total equals the first one's; in a widefield stack
   every plane carries the same total light, so this undoes bleaching during the scan.
 
-With the camera's gain (electrons per count) and read noise (electrons) it also computes the
-residual noise limit, RNL = noise RMS / signal RMS, the noise from the camera model (Poisson
-in the electrons counted, plus read noise), carried through the same corrections; RNL^2 is
-the suggested smoothness alpha for epr.
+It also computes the residual noise limit, RNL = noise RMS / signal RMS, the noise from the
+camera model (Poisson in the electrons counted, plus read noise) when the camera's gain
+(electrons per count) and read noise (electrons) are given, else from the Poisson-Gaussian
+model measured on the raw data (`estimate_noise`), carried through the same corrections;
+RNL^2 is the suggested smoothness alpha for epr.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from jaxtyping import Array, Float
 
 from ._arrays import to_jax
 from ._errors import ParameterError
+from ._noise import NoiseModel, estimate_noise
 
 NORMS = ("none", "first")
 
@@ -39,8 +41,12 @@ class PreparedData(eqx.Module):
         value: the corrected image, float32, the input's axes.
         background: the background subtracted (per volume for 4-D data), counts per voxel.
         scale: the temporal factors applied (per plane for a stack, per volume for 4-D).
-        rnl: the residual noise limit (NaN without gain and read noise).
-        alpha: the suggested smoothness, RNL^2 (NaN without gain and read noise).
+        rnl: the residual noise limit: from the camera model when the gain and read noise
+            are given, else from the noise model measured on the data (`noise`); NaN when
+            neither is there (a 2-D image, or too few voxels to measure the noise on).
+        alpha: the suggested smoothness, RNL^2.
+        noise: the noise model measured on the raw data (its first volume), in counts
+            (`estimate_noise`), or None where it could not be measured.
     """
 
     value: Float[Array, "..."]
@@ -48,6 +54,7 @@ class PreparedData(eqx.Module):
     scale: Float[Array, " n"]
     rnl: Float[Array, ""]
     alpha: Float[Array, ""]
+    noise: NoiseModel | None = eqx.field(static=True, default=None)
 
 
 def _box_means(x: Float[Array, "z y x"], box: tuple[int, int, int]) -> Float[Array, "a b c"]:
@@ -122,7 +129,8 @@ def prepare_data(
         image: the raw image, counts (any real dtype).
         offset: the camera offset (counts) to subtract; or
         dark: a dark image (Y, X) or of the image's shape, to subtract.
-        gain: electrons per count, > 0 (for the RNL).
+        gain: electrons per count, > 0 (for the RNL; without it and ``read_noise`` the
+            RNL comes from the noise measured on the data).
         read_noise: the read noise, electrons RMS, >= 0 (for the RNL).
         flat: the flat field (Y, X) or of the image's shape, no zeros; normalised to mean 1
             and divided out.
@@ -168,8 +176,17 @@ def prepare_data(
             )
     temporal = None if norm == "none" or x.ndim == 2 else ("volumes" if x.ndim == 4 else "planes")
     camera = None if gain is None or read_noise is None else (jnp.float32(gain), jnp.float32(read_noise))
+    volumes = x.reshape(volumes_shape)
+    noise = None
+    try:
+        noise = estimate_noise(np.asarray(volumes[0]))
+    except ParameterError:
+        pass  # too small, or no noise to measure: the RNL needs the camera's numbers then
+    measured = None
+    if camera is None and noise is not None:
+        measured = (jnp.float32(noise.slope), jnp.float32(noise.intercept), jnp.float32(noise.lowest), jnp.float32(noise.floor))
     value, background, scale, rnl = _correct(
-        x.reshape(volumes_shape), None if offset is None else jnp.float32(offset), dark_frame, flat_frame, camera,
+        volumes, None if offset is None else jnp.float32(offset), dark_frame, flat_frame, camera, measured,
         box=box, temporal=temporal,
     )
     if temporal is not None and not bool(jnp.all(jnp.isfinite(scale) & (scale > 0))):
@@ -180,12 +197,16 @@ def prepare_data(
         scale=scale,
         rnl=rnl,
         alpha=rnl**2,
+        noise=noise,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("box", "temporal"))
-def _correct(volumes, offset, dark, flat, camera, *, box, temporal):
-    """The corrections on (volumes, Z, Y, X): basic, background, temporal; and the RNL."""
+def _correct(volumes, offset, dark, flat, camera, measured, *, box, temporal):
+    """The corrections on (volumes, Z, Y, X): basic, background, temporal; and the RNL, from
+    the ``camera`` (gain, read noise) or the ``measured`` noise model of the raw counts
+    (slope, intercept, the darkest level measured, the variance there)."""
+    raw = volumes
     if offset is not None:
         volumes = volumes - offset
     if dark is not None:
@@ -213,5 +234,10 @@ def _correct(volumes, offset, dark, flat, camera, *, box, temporal):
     if camera is not None:
         gain, read = camera
         variance = (jnp.maximum(counts, 0) * gain + read**2) / gain**2 * (gain_map * scale_full) ** 2
+        rnl = jnp.sqrt(jnp.mean(variance)) / jnp.sqrt(jnp.mean(volumes**2))
+    elif measured is not None:
+        slope, intercept, lowest, floor = measured
+        raw_variance = jnp.maximum(slope * jnp.maximum(raw, lowest) + intercept, floor)
+        variance = raw_variance * (gain_map * scale_full) ** 2
         rnl = jnp.sqrt(jnp.mean(variance)) / jnp.sqrt(jnp.mean(volumes**2))
     return volumes, background, scale, rnl

@@ -107,6 +107,22 @@ def bead_stack(
     return (electrons * gain + camera_offset).astype(np.float32), float(photons)
 
 
+def _past_the_field(data_shape, psf, *, seed: int, z_over_xy: float) -> tuple[np.ndarray, np.ndarray]:
+    """A specimen reaching half the PSF's box past every face of the field, blurred by
+    ``psf`` with a linear convolution: (the field's light, the truth within the field)."""
+    psf_shape = psf.shape
+    margin = tuple(p // 2 for p in psf_shape)
+    field = tuple(d + 2 * m for d, m in zip(data_shape, margin, strict=True))
+    truth = specimen(field, z_over_xy=z_over_xy, seed=seed)
+    full = tuple(f + p for f, p in zip(field, psf_shape, strict=True))
+    axes = (0, 1, 2)
+    spectrum = np.fft.rfftn(truth, full, axes=axes) * np.fft.rfftn(np.asarray(psf, np.float64), full, axes=axes)
+    blurred = np.fft.irfftn(spectrum, full, axes=axes)
+    start = tuple(m + p // 2 for m, p in zip(margin, psf_shape, strict=True))
+    blurred = blurred[tuple(slice(s, s + d) for s, d in zip(start, data_shape, strict=True))]
+    return np.maximum(blurred, 0), truth[tuple(slice(m, m + d) for m, d in zip(margin, data_shape, strict=True))]
+
+
 def beyond_the_field(
     data_shape: tuple[int, int, int], psf: np.ndarray, *, brightness: float = 20.0, background: float = 100.0, seed: int = 0,
     z_over_xy: float = 1.0,
@@ -115,16 +131,41 @@ def beyond_the_field(
     blurred by ``psf`` with a linear convolution (nothing wraps around), Poisson noise on a
     ``background`` that is then taken off. Returns (the field's data as float32, the truth
     within the field)."""
-    psf_shape = psf.shape
-    margin = tuple(p // 2 for p in psf_shape)
-    field = tuple(d + 2 * m for d, m in zip(data_shape, margin, strict=True))
-    truth = specimen(field, z_over_xy=z_over_xy, seed=seed) * brightness
-    full = tuple(f + p for f, p in zip(field, psf_shape, strict=True))
-    axes = (0, 1, 2)
-    spectrum = np.fft.rfftn(truth, full, axes=axes) * np.fft.rfftn(np.asarray(psf, np.float64), full, axes=axes)
-    blurred = np.fft.irfftn(spectrum, full, axes=axes)
-    start = tuple(m + p // 2 for m, p in zip(margin, psf_shape, strict=True))
-    blurred = blurred[tuple(slice(s, s + d) for s, d in zip(start, data_shape, strict=True))]
+    blurred, truth = _past_the_field(data_shape, psf, seed=seed, z_over_xy=z_over_xy)
     rng = np.random.default_rng(seed)
-    data = (rng.poisson(np.maximum(blurred, 0) + background) - background).astype(np.float32)
-    return data, truth[tuple(slice(m, m + d) for m, d in zip(margin, data_shape, strict=True))]
+    data = (rng.poisson(blurred * brightness + background) - background).astype(np.float32)
+    return data, truth * brightness
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraStack:
+    """What `camera_stack` returns: the raw counts, the object in counts (what the data less
+    offset and background restore to), and the camera's numbers (gain in electrons per
+    count, read noise in electrons, offset and background in counts)."""
+
+    counts: np.ndarray
+    truth: np.ndarray
+    gain: float
+    read_noise: float
+    offset: float
+    background: float
+
+
+def camera_stack(
+    data_shape: tuple[int, int, int], psf: np.ndarray, *, peak_photons: float, background_photons: float = 5.0,
+    gain: float = 0.5, read_noise: float = 1.6, offset: float = 100.0, seed: int = 0, z_over_xy: float = 1.0,
+) -> CameraStack:
+    """A camera's raw counts of a specimen that reaches past the field (`beyond_the_field`),
+    its brightest blurred voxel ``peak_photons``: electrons = Poisson(light + background) +
+    Gaussian read noise (electrons RMS), counts = electrons / ``gain`` (electrons per count)
+    + ``offset``. The truth is in counts (offset and background excluded), so that the data
+    less offset and background, restored, compare with it directly."""
+    blurred, truth = _past_the_field(data_shape, psf, seed=seed, z_over_xy=z_over_xy)
+    scale = peak_photons / max(float(blurred.max()), 1e-30)
+    rng = np.random.default_rng(seed)
+    electrons = rng.poisson(blurred * scale + background_photons) + rng.normal(0, read_noise, data_shape)
+    counts = (electrons / gain + offset).astype(np.float32)
+    return CameraStack(
+        counts=counts, truth=truth * scale / gain, gain=gain, read_noise=read_noise, offset=offset,
+        background=background_photons / gain,
+    )

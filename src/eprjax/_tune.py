@@ -42,6 +42,7 @@ import numpy as np
 from ._arrays import to_jax
 from ._errors import EprjaxError, ParameterError
 from ._implicit import active_solve
+from ._noise import NoiseModel, estimate_noise
 from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
 
 CRITERIA = ("gcv", "sure", "discrepancy", "reference")
@@ -68,6 +69,7 @@ class Tuning:
         values: the criterion there (see the module's notes for each one's scale).
         evaluations: restorations run (one per alpha evaluated).
         seconds: the time the tuning took, compilation included.
+        noise: the noise model measured on the data, where the noise was not given.
     """
 
     alpha: float
@@ -76,6 +78,7 @@ class Tuning:
     values: np.ndarray
     evaluations: int
     seconds: float
+    noise: NoiseModel | None = None
 
     def describe(self) -> str:
         best = int(np.argmin(np.abs(self.alphas - self.alpha)))
@@ -332,7 +335,7 @@ def tune_alpha(
     data: Any,
     psf: Any,
     *,
-    criterion: str = "gcv",
+    criterion: str = "discrepancy",
     noise_variance: Any = None,
     reference: Any = None,
     start: float | None = None,
@@ -355,10 +358,12 @@ def tune_alpha(
             (segments, Z, Y, X), taken together (one alpha for all: the criterion over
             their union).
         psf: as for `restore`.
-        criterion: ``"gcv"`` (no noise model needed), ``"sure"`` or ``"discrepancy"`` (need
-            ``noise_variance``), ``"reference"`` (needs ``reference``). See the module notes.
+        criterion: ``"discrepancy"`` (default) or ``"sure"`` (use the noise: given, or
+            measured on the data), ``"gcv"`` (no noise model; tends to choose alpha too
+            small), ``"reference"`` (needs ``reference``). See the module notes.
         noise_variance: the noise variance in the data's units: one number or per voxel
-            (`camera_variance`, `noise_variance_from_rnl`).
+            (`camera_variance`, `noise_variance_from_rnl`); None: measured on the data
+            themselves (`estimate_noise`), for the criteria that need it.
         reference: the object to compare with, on the restoration's grid.
         start: the first alpha (default: RNL^2, the noise's power over the data's, when the
             noise is given; else 1e-3).
@@ -400,9 +405,18 @@ def tune_alpha(
     pad3 = (pad,) * 3 if isinstance(pad, (int, np.integer)) else tuple(pad)
     grid = make_grid(g.shape[-3:], pad3, k)
     variance = jnp.zeros((), dtype)
-    if criterion in NEEDS_NOISE:
-        if noise_variance is None:
-            raise ParameterError(f"the {criterion} criterion needs the noise variance (from the camera's gain and read noise, or prepdata's RNL)")
+    measured = None
+    if criterion in NEEDS_NOISE and noise_variance is None:
+        volume = np.asarray(g, np.float64)
+        volume = np.concatenate(list(volume), axis=0) if volume.ndim == 4 else volume
+        try:
+            measured = estimate_noise(volume)
+        except ParameterError as e:
+            raise ParameterError(
+                f"the {criterion} criterion needs the noise, and it could not be measured on the data ({e}): "
+                "give noise_variance (the camera's gain and read noise) or use the gcv criterion"
+            ) from None
+        noise_variance = measured.voxel_variance(volume).reshape(g.shape)
     if noise_variance is not None:
         variance = jnp.asarray(noise_variance, dtype)
         if (variance.ndim != 0 and variance.shape != g.shape) or not bool(jnp.all(variance >= 0)):
@@ -478,5 +492,5 @@ def tune_alpha(
     best = int(np.argmin(np.abs(values - ROOT_TOLERANCE) if criterion == "discrepancy" else values))
     return Tuning(
         alpha=float(alphas[best]), criterion=criterion, alphas=alphas, values=values,
-        evaluations=len(seen), seconds=time.perf_counter() - began,
+        evaluations=len(seen), seconds=time.perf_counter() - began, noise=measured,
     )
