@@ -26,12 +26,13 @@ from eprjax._segments import MEMORY_MARGIN, device_memory, representative
 from eprjax._stream import Source, Store, assemble, describe_share, prepare_store, restore_into_store, summary
 
 from ._cluster import barrier, from_first, join_cluster
-from ._frame import RUN, check_output, command, history_line, log_to_file
+from ._frame import RUN, Progress, check_output, command, history_line, log_to_file
 from ._inputs import read_inputs, rnl_from_history
-from ._tune import choose_alpha
+from ._tune import choose_alpha, tuning_sample
 
 log = logging.getLogger("eprjax")
 
+AUTO = -1.0  # -sm auto, as a number
 SUPER_FACTOR, SUPER_ITERATIONS, SUPER_CONVERGENCE = 2, 300, 0.001  # super_epr's fixed settings (the originals')
 
 
@@ -85,78 +86,6 @@ def select_device(name: str | None, *, gpu: bool) -> jax.Device:
     return devices[index]
 
 
-class Progress:
-    """Reports the iteration as it goes: a progress line with -V, every iteration with -D."""
-
-    def __init__(self, max_iterations: int, tol: float, label: str) -> None:
-        self.max_iterations, self.tol, self.label = max_iterations, tol, label
-        self.start = time.perf_counter()
-        self.first: float | None = None  # when the first iteration ended (after compiling)
-        self.shown = 0.0
-        self.tty = sys.stderr.isatty()
-        self.recent: list[tuple[int, float]] = []
-        self.last: tuple[int, float] = (0, math.nan)
-
-    def __call__(self, k, rel, objective, step, active) -> None:
-        now = time.perf_counter()
-        k, rel = int(k), float(rel)
-        if self.first is None:
-            self.first = now
-        self.last = (k, rel)
-        self.recent = [*self.recent[-19:], (k, math.log(max(rel, 1e-30)))]
-        log.debug(
-            "%siteration %d: objective %.6e, relative gradient %.3e, step %.3e, active %.1f%%",
-            self.label, k, float(objective), rel, float(step), 100 * float(active),
-        )
-        if RUN.verbose and not RUN.debug and (now - self.shown > (0.2 if self.tty else 10.0)):
-            self.shown = now
-            self._show(k, rel, now)
-
-    def remaining(self, k: int, now: float) -> float:
-        """Seconds left: the iterations the recent convergence rate still needs (at most the
-        cap), at the recent pace."""
-        if self.first is None or k < 2:
-            return math.nan
-        per_iteration = (now - self.first) / max(k - 1, 1)
-        left = self.max_iterations - k
-        if len(self.recent) >= 5:
-            (k0, l0), (k1, l1) = self.recent[0], self.recent[-1]
-            slope = (l1 - l0) / max(k1 - k0, 1)
-            if slope < 0:
-                left = min(left, max(0, math.ceil((math.log(self.tol) - l1) / slope)))
-        return left * per_iteration
-
-    def _show(self, k: int, rel: float, now: float) -> None:
-        width = 24
-        done = min(width, int(width * k / self.max_iterations))
-        eta = self.remaining(k, now)
-        text = (
-            f"{RUN.prog}: {self.label}[{'#' * done}{'.' * (width - done)}] iteration {k}/{self.max_iterations}, "
-            f"relative gradient {rel:.2e} (target {self.tol:.0e}), {now - self.start:.1f} s"
-            + ("" if math.isnan(eta) else f", about {eta:.0f} s left")
-        )
-        print(("\r" + text + "\x1b[K") if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def finish(self, solution: eprjax.Solution) -> str:
-        now = time.perf_counter()
-        if RUN.verbose and not RUN.debug and self.first is not None:
-            self._show(*self.last, now)
-            if self.tty:
-                print(file=sys.stderr)
-        k = int(np.max(np.asarray(solution.iterations)))
-        rel = float(np.max(np.asarray(solution.relative_gradient)))
-        compile_s = (self.first or now) - self.start
-        per = (now - (self.first or now)) / max(k - 1, 1)
-        state = "converged" if bool(np.all(np.asarray(solution.converged))) else "not converged"
-        return (
-            f"{self.label}{k} iterations, relative gradient {rel:.2e} ({state}), "
-            f"{now - self.start:.1f} s ({compile_s:.1f} s to the first iteration, then {1000 * per:.1f} ms per iteration)"
-        )
-
-
-AUTO = -1.0
-
-
 def parse_smoothness(text: str) -> float | None:
     """``-sm``: a number >= 0, None for ``rnl`` (RNL^2 from the input's history), `AUTO`
     for ``auto`` (tuned from the data)."""
@@ -181,6 +110,16 @@ def alpha_from_history(image: eprjax.Image, name: str) -> float:
     value = rnl**2
     log.info("alpha = RNL^2 = %.4g, from %s's history", value, name)
     return value
+
+
+@dataclasses.dataclass
+class _Tune:
+    """-sm auto's settings (-budget)."""
+
+    budget: float | None = None
+
+
+TUNE = _Tune()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,13 +205,13 @@ def _run(
     chosen_by = ""
     volume = source.volume(0)
     if alpha == AUTO:
-        alpha, chosen_by = _tuned(volume, h, image, input, pad_zyx, factor, convergence, iterations, chosen)
+        sample, sample_pad = tuning_sample(volume, h, pad_zyx, factor)
+        alpha, chosen_by = _tuned(sample, h, image, input, sample_pad, factor, convergence, iterations, chosen)
     progress = Progress(iterations, convergence, "")
     with jax.default_device(chosen):
         solution = eprjax.restore(
             volume, h, alpha=alpha, tol=convergence, max_iterations=iterations,
-            pad=pad_zyx, factor=factor, callback=progress if RUN.verbose else None,
-            callback_interval=None if RUN.debug else 0.25,
+            pad=pad_zyx, factor=factor, callback=progress, callback_interval=None if RUN.debug else 0.25,
         )
     log.info("%s", describe_grid(solution.grid))
     log.info("%s", progress.finish(solution))
@@ -288,7 +227,9 @@ def _tuned(sample, h, image, input, pad, factor, convergence, iterations, chosen
     """-sm auto: alpha (to 4 digits) tuned on ``sample`` (a volume, or segments together),
     and how it was chosen, for the history."""
     with jax.default_device(chosen):
-        tuning, chosen_by = choose_alpha(sample, h, image, input, pad=pad, factor=factor, tol=convergence, iterations=iterations)
+        tuning, chosen_by = choose_alpha(
+            sample, h, image, input, pad=pad, factor=factor, tol=convergence, iterations=iterations, budget=TUNE.budget,
+        )
     return float(f"{tuning.alpha:.4g}"), f" {chosen_by} in {tuning.evaluations} trial restorations"
 
 
@@ -400,8 +341,8 @@ Smoothness = Annotated[
         "-smoothness", "-sm",
         help="alpha, the smoothness: a noise-to-signal power ratio, >= 0. Smaller is sharper and noisier; "
         "RNL^2 from prepdata is a good first value (e.g. 0.0005). 'rnl': take RNL^2 from the input's "
-        "history, where prepdata -gain G -read R put it. 'auto': choose it from the data (as eprjax tune: "
-        "the discrepancy principle with prepdata's noise, else generalised cross-validation).",
+        "history, where prepdata put it. 'auto': choose it from the data (as eprjax tune: the discrepancy "
+        "principle with the camera's noise from prepdata -gain G -read R, else with the noise measured on the data).",
     ),
 ]
 Iterations = Annotated[int, typer.Option("-iterations", "-it", help="The most iterations to run if not converged.")]
@@ -453,6 +394,10 @@ Super = Annotated[
     ),
 ]
 SuperZ = Annotated[int, typer.Option("-superz", metavar="KZ", help="With -super: also KZ times finer in Z.")]
+Budget = Annotated[
+    float | None,
+    typer.Option("-budget", metavar="SECONDS", help="With -sm auto: stop tuning after this many seconds, with the best alpha so far (said with a warning)."),
+]
 Size = Annotated[float | None, typer.Option("-size", metavar="UM", help="The data's XY pixel size, um (default: from the file); the PSF is brought to it.")]
 Spaced = Annotated[float | None, typer.Option("-spaced", metavar="UM", help="The data's Z step, um (default: from the file); the PSF is brought to it.")]
 
@@ -479,7 +424,11 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
         super_z: SuperZ = 1,
         size: Size = None,
         spaced: Spaced = None,
+        budget: Budget = None,
     ) -> None:
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise typer.BadParameter(f"must be > 0 seconds, got {budget}", param_hint="-budget")
+        TUNE.budget = budget
         big = Big(segment, overlap, devices, memory, resume, coordinator, num_processes, process_id)
         _run(
             input, output, psf, smoothness, iterations, convergence, pad, device, big, (super_z, super_xy, super_xy),
@@ -513,4 +462,5 @@ def super_epr(input: Input, output: Output, psf: PsfFile, smoothness: Smoothness
     twice the voxels along Y and X, and half the voxel size. For other factors, iterations
     or padding, use epr -super K.
     """
+    TUNE.budget = None
     _run(input, output, psf, smoothness, SUPER_ITERATIONS, SUPER_CONVERGENCE, None, None, factor=(1, SUPER_FACTOR, SUPER_FACTOR), gpu=False)

@@ -18,12 +18,14 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import os
 import re
 import shlex
 import signal
 import sys
 import threading
+import time
 import traceback
 import typing
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 import typer.core
 
@@ -40,7 +43,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 import eprjax
-from eprjax._io import file_format
+from eprjax._io import CANCEL, file_format
 
 HELP_OPTIONS = ["-h", "--help"]
 CONTEXT = {"help_option_names": HELP_OPTIONS, "max_content_width": 100}
@@ -227,14 +230,65 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+STOP = CANCEL  # set when Ctrl-C or SIGTERM arrives: the command stops at its next report, and writes nothing more
+GRACE = 1.0  # seconds the command has to stop by itself before the process ends without it
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if the command was asked to stop (for progress callbacks)."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
-    """Run ``app`` on ``argv`` (default: the process's arguments); the exit status."""
+    """Run ``app`` on ``argv`` (default: the process's arguments); the exit status.
+
+    In the main thread the command runs in a worker thread while this one waits for it, so
+    that Ctrl-C and SIGTERM are heard at once even while the worker is inside a long
+    compiled computation (where Python cannot interrupt it): the worker is asked to stop
+    (`STOP`, at its next progress report), and if it has not within `GRACE` seconds the
+    temporary files of unfinished outputs are removed and the process ends, status 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    RUN.prog, RUN.argv, RUN.verbose, RUN.debug = prog, tuple(argv), False, False
+    if threading.current_thread() is not threading.main_thread():
+        return _run(app, prog, argv)
+    STOP.clear()
+    result: dict[str, int] = {}
+    done = threading.Event()  # not Thread.join: a join that an interrupt breaks can leave the thread seeming ended
+
+    def work() -> None:
+        try:
+            result["code"] = _run(app, prog, argv)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="eprjax-command", daemon=True)
     previous = signal.getsignal(signal.SIGTERM)
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:
-        signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up partial outputs on kill
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        worker.start()
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        STOP.set()
+        if not done.wait(GRACE):
+            from eprjax._io import remove_partial_outputs
+
+            remove_partial_outputs()
+            print(f"{RUN.prog}: error: interrupted; no partial output was left", file=sys.stderr, flush=True)
+        # the process ends here, at once: JAX's threads may be inside compiled code, which an
+        # interpreter shutting down around them would abort (measured: SIGABRT, SIGSEGV)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return result.get("code", 130)
+
+
+def _run(app: typer.Typer, prog: str, argv: list[str]) -> int:
+    """`run`'s work, in the thread that calls it."""
+    RUN.prog, RUN.argv, RUN.verbose, RUN.debug = prog, tuple(argv), False, False
     try:
         result = app(args=argv, prog_name=prog, standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -272,6 +326,73 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
         if RUN.debug:
             return _fail(f"internal error: {type(e).__name__}: {e}", 1)
         return _fail(f"internal error: {type(e).__name__}: {e} (run with -D for the traceback)", 1)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+
+
+class Progress:
+    """Reports the iteration as it goes: a progress line with -V, every iteration with -D."""
+
+    def __init__(self, max_iterations: int, tol: float, label: str) -> None:
+        self.max_iterations, self.tol, self.label = max_iterations, tol, label
+        self.start = time.perf_counter()
+        self.first: float | None = None  # when the first iteration ended (after compiling)
+        self.shown = 0.0
+        self.tty = sys.stderr.isatty()
+        self.recent: list[tuple[int, float]] = []
+        self.last: tuple[int, float] = (0, math.nan)
+
+    def __call__(self, k, rel, objective, step, active) -> None:
+        check_stop()  # Ctrl-C or SIGTERM: stop here
+        now = time.perf_counter()
+        k, rel = int(k), float(rel)
+        if self.first is None:
+            self.first = now
+        self.last = (k, rel)
+        self.recent = [*self.recent[-19:], (k, math.log(max(rel, 1e-30)))]
+        log.debug(
+            "%siteration %d: objective %.6e, relative gradient %.3e, step %.3e, active %.1f%%",
+            self.label, k, float(objective), rel, float(step), 100 * float(active),
+        )
+        if RUN.verbose and not RUN.debug and (now - self.shown > (0.2 if self.tty else 10.0)):
+            self.shown = now
+            self._show(k, rel, now)
+
+    def remaining(self, k: int, now: float) -> float:
+        """Seconds left: the iterations the recent convergence rate still needs (at most the
+        cap), at the recent pace."""
+        if self.first is None or k < 2:
+            return math.nan
+        per_iteration = (now - self.first) / max(k - 1, 1)
+        left = self.max_iterations - k
+        if len(self.recent) >= 5:
+            (k0, l0), (k1, l1) = self.recent[0], self.recent[-1]
+            slope = (l1 - l0) / max(k1 - k0, 1)
+            if slope < 0:
+                left = min(left, max(0, math.ceil((math.log(self.tol) - l1) / slope)))
+        return left * per_iteration
+
+    def _show(self, k: int, rel: float, now: float) -> None:
+        width = 24
+        done = min(width, int(width * k / self.max_iterations))
+        eta = self.remaining(k, now)
+        text = (
+            f"{RUN.prog}: {self.label}[{'#' * done}{'.' * (width - done)}] iteration {k}/{self.max_iterations}, "
+            f"relative gradient {rel:.2e} (target {self.tol:.0e}), {now - self.start:.1f} s"
+            + ("" if math.isnan(eta) else f", about {eta:.0f} s left")
+        )
+        print(("\r" + text + "\x1b[K") if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def finish(self, solution: eprjax.Solution) -> str:
+        now = time.perf_counter()
+        if RUN.verbose and not RUN.debug and self.first is not None:
+            self._show(*self.last, now)
+            if self.tty:
+                print(file=sys.stderr)
+        k = int(np.max(np.asarray(solution.iterations)))
+        rel = float(np.max(np.asarray(solution.relative_gradient)))
+        compile_s = (self.first or now) - self.start
+        per = (now - (self.first or now)) / max(k - 1, 1)
+        state = "converged" if bool(np.all(np.asarray(solution.converged))) else "not converged"
+        return (
+            f"{self.label}{k} iterations, relative gradient {rel:.2e} ({state}), "
+            f"{now - self.start:.1f} s ({compile_s:.1f} s to the first iteration, then {1000 * per:.1f} ms per iteration)"
+        )

@@ -11,12 +11,41 @@ import numpy as np
 import typer
 
 import eprjax
-from eprjax._tune import CRITERIA
+from eprjax._segments import representative
+from eprjax._tune import CRITERIA, UNITS, shown
 
-from ._frame import RUN, command
+from ._frame import RUN, Progress, command
 from ._inputs import read_inputs, rnl_from_history
 
 log = logging.getLogger("eprjax")
+
+TUNE_VOXELS = 1 << 21  # a volume larger than this is tuned on representative sub-volumes holding about this many
+TUNE_SHARE = 0.25  # ... and at most this share of its voxels: tuning then costs a bounded number of restorations
+TUNE_PIECES = 3
+
+
+def tuning_sample(volume: np.ndarray, h: np.ndarray, pad, factor) -> tuple[np.ndarray, object]:
+    """What -sm auto tunes on: the volume itself, or when it is large, `TUNE_PIECES`
+    sub-volumes (full Z, square in XY) chosen as the segmented path chooses segments (the
+    brightest and down to the median), each with the padding its own restoration would have;
+    and the padding to tune with."""
+    if volume.size <= TUNE_VOXELS:
+        return volume, pad
+    nz, ny, nx = volume.shape
+    budget = min(TUNE_VOXELS, TUNE_SHARE * volume.size)
+    side = int(math.sqrt(budget / (TUNE_PIECES * nz)))
+    side = max(min(side, ny, nx), min(64, ny, nx))
+    if side >= min(ny, nx):
+        return volume, pad
+    plan = eprjax.plan_segments(volume.shape, h, segment=(side, side), overlap=(0, 0), factor=factor)
+    picked = representative(lambda y, x: volume[:, y : y + side, x : x + side], plan, TUNE_PIECES)
+    log.info(
+        "tuning on %d sub-volumes of %dx%dx%d voxels (of %s: the brightest, and down to the median), %.0f %% of the volume",
+        len(picked), nz, side, side, "x".join(map(str, volume.shape)), 100 * len(picked) * nz * side * side / volume.size,
+    )
+    sample = np.stack([volume[:, y : y + side, x : x + side] for y, x in (plan.starts[i] for i in picked)])
+    return sample, plan.pad
+
 
 def choose_alpha(
     volume: np.ndarray,
@@ -35,6 +64,7 @@ def choose_alpha(
     iterations: int = 300,
     start: float | None = None,
     method: str = "search",
+    budget: float | None = None,
 ) -> tuple[eprjax.Tuning, str]:
     """Tune alpha on ``volume``; the noise from the camera (gain, read noise) when given, else
     measured on the data (and compared with the camera's, or with the RNL prepdata wrote into
@@ -82,13 +112,22 @@ def choose_alpha(
     where = "x".join(map(str, volume.shape[-3:])) + (f" voxels, {volume.shape[0]} segments" if volume.ndim == 4 else " voxels")
     log.info("tuning alpha by %s%s on %s", criterion, f" (noise: {source})" if source and criterion != "gcv" else "", where)
 
+    trial: dict = {"alpha": None, "n": 0, "progress": None}
+
     def show(alpha: float, value: float) -> None:
-        log.info("  alpha %.4g: %s %.6g", alpha, criterion, value)
+        log.info("  trial %d, alpha %.4g: %s %.5g", trial["n"], alpha, UNITS[criterion], shown(criterion, value))
+
+    def progress(alpha: float, k: int, rel: float) -> None:
+        if alpha != trial["alpha"]:  # a new trial: its own progress line
+            trial.update(alpha=alpha, n=trial["n"] + 1, progress=Progress(iterations, tol, f"trial {trial['n'] + 1}, alpha {alpha:.4g}: "))
+        trial["progress"](k, rel, math.nan, math.nan, math.nan)  # Ctrl-C and SIGTERM are heard here
 
     def run(criterion: str) -> eprjax.Tuning:
+        trial.update(alpha=None, n=0, progress=None)
         return eprjax.tune_alpha(
             volume, h, criterion=criterion, noise_variance=variance, reference=reference, pad=pad, factor=factor,
             tol=tol, max_iterations=iterations, start=start, method=method, callback=show if RUN.verbose else None,
+            progress=progress, max_seconds=budget,
         )
 
     try:
@@ -99,6 +138,11 @@ def choose_alpha(
         log.warning("%s; trying Stein's unbiased risk estimate (sure) instead", e)
         criterion = "sure"
         tuning = run(criterion)
+    if RUN.verbose:
+        for row in tuning.table():
+            log.info("  %s", row)
+    if tuning.stopped:
+        log.warning("%s: %s", name, tuning.stopped)
     log.info("chose %s", tuning.describe())
     return tuning, f"chosen by {criterion}" + (f" ({source})" if source and criterion != "gcv" else "")
 
@@ -114,13 +158,14 @@ def plot(tuning: eprjax.Tuning, path: str) -> Path:
 
     order = np.argsort(tuning.alphas)
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.semilogx(tuning.alphas[order], tuning.values[order], "o-", color="0.3", ms=4, label=tuning.criterion)
+    values = np.array([shown(tuning.criterion, v) for v in tuning.values])
+    ax.semilogx(tuning.alphas[order], values[order], "o-", color="0.3", ms=4, label=tuning.criterion)
     chosen = int(np.argmin(np.abs(tuning.alphas - tuning.alpha)))
-    ax.semilogx([tuning.alpha], [tuning.values[chosen]], "o", color="crimson", ms=8, label=f"chosen: {tuning.alpha:.3g}")
+    ax.semilogx([tuning.alpha], [values[chosen]], "o", color="crimson", ms=8, label=f"chosen: {tuning.alpha:.3g}")
     if tuning.criterion == "discrepancy":
-        ax.axhline(0, color="0.7", lw=0.8)
+        ax.axhline(1, color="0.7", lw=0.8)
     ax.set_xlabel("alpha (-sm)")
-    ax.set_ylabel({"gcv": "log GCV", "sure": "SURE / noise", "discrepancy": "log(residual / noise)", "reference": "log relative error"}[tuning.criterion])
+    ax.set_ylabel(UNITS[tuning.criterion])
     ax.legend(frameon=False)
     fig.tight_layout()
     target = Path(path if path.lower().endswith(".png") else path + ".png")
@@ -151,6 +196,9 @@ def tune(
     iterations: Annotated[int, typer.Option("-iterations", "-it", help="Iterations per trial restoration.")] = 300,
     convergence: Annotated[float, typer.Option("-convergence", "-co", help="Convergence of each trial restoration.")] = 0.001,
     plot_file: Annotated[str | None, typer.Option("-plot", metavar="PNG", help="Write the criterion against alpha, the choice marked.")] = None,
+    budget: Annotated[
+        float | None, typer.Option("-budget", metavar="SECONDS", help="Stop tuning after this many seconds with the best alpha so far (said with a warning).")
+    ] = None,
     method: Annotated[
         str, typer.Option("-method", help="search (default: the fastest and surest, see the docs) or optax (every criterion minimised by optax on its implicit gradient).")
     ] = "search",
@@ -169,10 +217,15 @@ def tune(
         raise typer.BadParameter(f"must be > 0, got {start}", param_hint="-start")
     if iterations < 1:
         raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise typer.BadParameter(f"must be > 0 seconds, got {budget}", param_hint="-budget")
     if not 0 < convergence < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
     image, _, source, h = read_inputs(input, psf)
     volume = source.volume(0)
+    pad = None
+    if reference is None:
+        volume, pad = tuning_sample(volume, h, None, (1, 1, 1))
     ref = None
     if reference is not None:
         ref = np.asarray(eprjax.read(reference).data, np.float32)
@@ -180,8 +233,8 @@ def tune(
     if criterion == "reference" and ref is None:
         raise eprjax.ParameterError("-criterion reference needs -reference FILE")
     tuning, _ = choose_alpha(
-        volume, h, image, input, criterion=criterion, gain=gain, read=read, offset=offset, reference=ref,
-        tol=convergence, iterations=iterations, start=start, method=method,
+        volume, h, image, input, criterion=criterion, gain=gain, read=read, offset=offset, reference=ref, pad=pad,
+        tol=convergence, iterations=iterations, start=start, method=method, budget=budget,
     )
     if plot_file is not None:
         log.info("wrote %s", plot(tuning, plot_file))

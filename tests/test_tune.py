@@ -3,6 +3,8 @@ command and epr -sm auto."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,7 +116,7 @@ def test_gcv_value_matches_its_definition() -> None:
     probes = jax.random.rademacher(jax.random.PRNGKey(0), (2, *g.shape), jnp.float32)
     alpha = 1e-2
     args = (jnp.asarray(g), jnp.asarray(psf), probes, jnp.zeros(()), jnp.zeros(()), jnp.asarray(1e-5), jnp.asarray(2000))
-    value = float(_criterion(jnp.log(alpha), *args, grid=grid, kind="gcv")[0])
+    value = float(_criterion(jnp.log(alpha), *args, grid=grid, kind="gcv"))
     f = np.asarray(eprjax.restore(g, psf, alpha=alpha, pad=0, tol=1e-5, max_iterations=2000).value)
     model = Model(psf, g.shape, g.shape, (0, 0, 0))
     rr = np.sum((g - model.forward(f)) ** 2)
@@ -135,8 +137,8 @@ def test_segments_are_tuned_together() -> None:
     one = (jnp.asarray(g[:, :20, :20]), jnp.asarray(psf), jnp.zeros((1, 8, 20, 20)), jnp.zeros(()), jnp.asarray(truth[:, :20, :20], jnp.float32))
     two = (jnp.stack([one[0]] * 2), one[1], jnp.zeros((2, 1, 8, 20, 20)), one[3], jnp.stack([one[4]] * 2))
     tail = (jnp.asarray(1e-5), jnp.asarray(2000))
-    single = float(_criterion(jnp.log(1e-2), *one, *tail, grid=grid, kind="reference")[0])
-    double = float(_criterion(jnp.log(1e-2), *two, *tail, grid=grid, kind="reference")[0])
+    single = float(_criterion(jnp.log(1e-2), *one, *tail, grid=grid, kind="reference"))
+    double = float(_criterion(jnp.log(1e-2), *two, *tail, grid=grid, kind="reference"))
     assert double == pytest.approx(single, abs=1e-5)
     whole = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=sigma**2, pad=(2, 3, 3))
     quarters = np.stack([g[:, y : y + 20, x : x + 20] for y in (0, 20) for x in (0, 20)])
@@ -201,3 +203,82 @@ def test_discrepancy_is_within_five_percent_of_the_best_alpha(brightness) -> Non
     tuning = eprjax.tune_alpha(g, psf, criterion="discrepancy", noise_variance=counts.astype(np.float32), pad=pad)
     assert nrmse(tuning.alpha) < 1.05 * best
     assert tuning.evaluations <= 6
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_interrupted_tuning_ends_within_two_seconds(tmp_path, signal_name) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM while epr -sm auto is inside a trial restoration: the
+    process ends within 2 s, status 130, one line, no output and no temporary file left
+    (measured: 0.2 s)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from eprjax._simulate import SEED_OPTICS, camera_stack
+
+    h = np.asarray(eprjax.widefield_psf((17, 49, 49), **SEED_OPTICS), np.float32)
+    st = camera_stack((32, 128, 128), h, peak_photons=300.0, background_photons=3.0, seed=1)
+    eprjax.write(tmp_path / "g.i2i", (st.counts - st.offset - st.background).astype(np.float32))
+    eprjax.write(tmp_path / "psf.i2i", h / h.sum())
+    script = "import sys; from eprjax.cli import epr_main; sys.argv[0] = 'epr'; epr_main()"
+    argv = [sys.executable, "-c", script, "-V", "-psf", "psf.i2i", "-sm", "auto", "-co", "1e-6", "g.i2i", "out.i2i"]
+    p = subprocess.Popen(argv, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:
+            if "trial 1" in line:
+                break
+        time.sleep(1.0)  # inside the trial
+        began = time.perf_counter()
+        p.send_signal(getattr(signal, signal_name))
+        rest = p.stderr.read()
+        p.wait(timeout=30)
+        took = time.perf_counter() - began
+    finally:
+        p.kill()
+        p.stderr.close()
+    assert p.returncode == 130 and took < 2.0, (p.returncode, took, rest[-500:])
+    assert rest.strip().splitlines()[-1] == "epr: error: interrupted; no partial output was left"
+    assert sorted(f.name for f in tmp_path.iterdir() if f.name != "cache") == ["g.i2i", "psf.i2i"]
+
+
+def test_budget_progress_and_table() -> None:
+    """A budget that the first trial uses up: the tuning ends after that trial (a trial
+    under way stops only once one has finished) with its alpha, and says so; progress comes
+    inside each trial with the trial's alpha; the table has one row per trial, the
+    discrepancy as the residual over its expected value."""
+    psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
+    truth = 50 * scene((10, 24, 24), seed=4)
+    model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+    sigma = 0.02 * model.forward(truth).max()
+    g = (model.forward(truth) + sigma * np.random.default_rng(3).normal(size=truth.shape)).astype(np.float32)
+    seen = []
+    out = eprjax.tune_alpha(g, psf, noise_variance=sigma**2, max_seconds=1e-3, progress=lambda a, k, rel: seen.append((a, k, rel)))
+    assert out.evaluations == 1 and out.stopped is not None and "budget" in out.stopped
+    assert out.alpha == out.alphas[0] and {a for a, _, _ in seen} == {out.alpha}
+    assert seen[-1][1] == out.iterations[0] > 0
+    rows = out.table()
+    assert len(rows) == 2 and "residual / its expected value" in rows[0] and "chosen" in rows[1]
+    assert f"{math.exp(out.values[0]):.5g}" in rows[1]
+    full = eprjax.tune_alpha(g, psf, noise_variance=sigma**2)
+    assert full.stopped is None and full.evaluations >= 2 and len(full.iterations) == full.evaluations
+
+
+def test_a_large_volume_is_tuned_on_representative_sub_volumes() -> None:
+    """Above TUNE_VOXELS, -sm auto tunes on three full-Z sub-volumes (the brightest tile and
+    tiles down to the median), holding about TUNE_VOXELS and at most a quarter of the volume;
+    a small volume is tuned whole."""
+    from eprjax.cli._tune import TUNE_PIECES, TUNE_VOXELS, tuning_sample
+
+    psf = gaussian_psf((9, 9, 9), (2.0, 1.5, 1.5))
+    rng = np.random.default_rng(0)
+    volume = rng.poisson(5.0, (40, 400, 400)).astype(np.float32)
+    volume[:, 300:340, 40:80] += 500  # the brightest place
+    sample, pad = tuning_sample(volume, psf, None, (1, 1, 1))
+    assert sample.ndim == 4 and sample.shape[0] == TUNE_PIECES and sample.shape[1] == 40
+    assert sample.size <= min(TUNE_VOXELS, volume.size / 4) and sample.size > TUNE_VOXELS / 2
+    assert sample.sum(axis=(1, 2, 3)).max() > 500 * 40 * 40 * 40 * 0.5  # the bright tile is among them
+    assert len(pad) == 3
+    small = volume[:, :64, :64]
+    same, none = tuning_sample(small, psf, None, (1, 1, 1))
+    assert same is small and none is None

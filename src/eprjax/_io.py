@@ -7,6 +7,7 @@ import math
 import mmap
 import os
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -222,15 +223,36 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     if not parent.is_dir():
         raise ParameterError(f"{target}: the directory {parent} does not exist")
     tmp = parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    _PARTIAL.add(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if CANCEL.is_set():
+            raise KeyboardInterrupt  # the program is stopping: the output is abandoned, not put in place
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        _PARTIAL.discard(tmp)
+
+
+_PARTIAL: set[Path] = set()  # the temporary files of outputs being written
+CANCEL = threading.Event()  # set by a program that is stopping (Ctrl-C): no output is put in place after it
+
+
+def remove_partial_outputs() -> int:
+    """Remove the temporary files of every output still being written (for a process that
+    must end at once, its writing thread cut off); how many there were."""
+    count = 0
+    for tmp in list(_PARTIAL):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            count += 1
+        _PARTIAL.discard(tmp)
+    return count
 
 
 def write(

@@ -430,12 +430,20 @@ def _solve_segments(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, bat
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "history_length"))
-def _solve_start(data, psf, alpha, *, grid: Grid, history_length: int):
+def _solve_start(data, psf, alpha, start=None, *, grid: Grid, history_length: int):
+    """The first state: from c = 0, or (``start``) from a neighbouring restoration's dual."""
     otf, lam = _prepare(data, psf, alpha, grid)
-    start = functools.partial(_start, otf=otf, grid=grid, history_length=history_length)
+    if start is None:
+        begin = functools.partial(_start, otf=otf, grid=grid, history_length=history_length)
+        args = (data,)
+    else:
+        def begin(g, c):
+            return _warm_start(g, otf, lam, c, grid=grid)
+
+        args = (data, start)
     for _ in range(data.ndim - 3):
-        start = jax.vmap(start)
-    return start(data), otf, lam
+        begin = jax.vmap(begin)
+    return begin(*args), otf, lam
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "track"), donate_argnames=("state",))
@@ -452,18 +460,27 @@ def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid, track: bool
     return advance(state, data)
 
 
-@functools.partial(jax.jit, static_argnames=("grid",))
-def _solve_finish(state, otf, tol, *, grid: Grid):
-    finish = functools.partial(_finish, otf=otf, tol=tol, grid=grid)
+@functools.partial(jax.jit, static_argnames=("grid", "crop"))
+def _solve_finish(state, otf, tol, *, grid: Grid, crop: bool = True):
+    """`_finish`; not ``crop``: f on the whole object grid, and the dual c after the rest."""
+
+    def finish(state):
+        out = _finish(state, otf, tol, grid=grid, crop=crop)
+        return out if crop else (*out, state.c)
+
     for _ in range(state.c.ndim - 3):
         finish = jax.vmap(finish)
     return finish(state)
 
 
-def _solve_reporting(data, psf, alpha, tol, max_iterations: int, callback, interval: float | None, *, grid: Grid, history_length: int):
+def _solve_reporting(
+    data, psf, alpha, tol, max_iterations: int, callback, interval: float | None, *, grid: Grid, history_length: int,
+    start=None, crop: bool = True,
+):
     """`_solve`, in chunks of iterations with ``callback`` called after each: every
-    iteration, or (``interval`` seconds) as many iterations as take about that long."""
-    state, otf, lam = _solve_start(data, psf, alpha, grid=grid, history_length=history_length)
+    iteration, or (``interval`` seconds) as many iterations as take about that long; from
+    ``start`` (a dual) when given; not ``crop``: (f on the object grid, ..., the dual c)."""
+    state, otf, lam = _solve_start(data, psf, alpha, start, grid=grid, history_length=history_length)
     chunk, done = 1, 0
     while True:
         began = time.perf_counter()
@@ -481,7 +498,7 @@ def _solve_reporting(data, psf, alpha, tol, max_iterations: int, callback, inter
             per = (time.perf_counter() - began) / max(k - done, 1)
             chunk = max(1, min(1000, int(interval / max(per, 1e-6))))
         done = k
-    return _solve_finish(state, otf, tol, grid=grid)
+    return _solve_finish(state, otf, tol, grid=grid, crop=crop)
 
 
 def _float_dtype(*arrays: jax.Array) -> jnp.dtype:

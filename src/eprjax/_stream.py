@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import EprjaxError, ParameterError
-from ._io import _planes, file_backing
+from ._io import _planes, atomic_output, file_backing
 from ._operator import make_grid
 from ._restore import local_devices, solve_segments
 from ._segments import SegmentPlan, weight, weight_total
@@ -100,13 +100,8 @@ class Store:
 
     def save(self, t: int, index: int, f: np.ndarray, iterations: int, relative_gradient: float, result: int) -> None:
         """Save a restored segment, whole or not at all."""
-        target = self._file(t, index)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-        with open(tmp, "wb") as out:
+        with atomic_output(self._file(t, index)) as tmp, open(tmp, "wb") as out:
             np.savez(out, f=f, iterations=iterations, relative_gradient=relative_gradient, result=result)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
 
     def load(self, t: int, index: int) -> np.ndarray:
         """A saved segment's restoration."""
@@ -159,9 +154,8 @@ def prepare_store(path: str | os.PathLike[str], manifest: dict[str, Any], *, res
     if store.path.exists():
         shutil.rmtree(store.path)
     store.path.mkdir(parents=True)
-    tmp = store.path / f".{MANIFEST}.part"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, store.path / MANIFEST)
+    with atomic_output(store.path / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return store, 0
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from ._arrays import to_jax
 from ._errors import EprjaxError, ParameterError
-from ._implicit import active_solve
+from ._implicit import active_solve, implicit_gradients
 from ._noise import NoiseModel, estimate_noise
 from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
 
@@ -56,6 +56,7 @@ LINE_SEARCH_STEPS = 5
 CURVATURE = 0.3  # the line search stops where the slope has fallen to this share
 GRADIENT_TOLERANCE = 1e-3  # d criterion / d log alpha
 STEP_TOLERANCE = 0.1  # in log alpha: 10 %
+PROGRESS_INTERVAL = 0.5  # seconds between progress reports (and chances to stop) in a trial
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Tuning:
         evaluations: restorations run (one per alpha evaluated).
         seconds: the time the tuning took, compilation included.
         noise: the noise model measured on the data, where the noise was not given.
+        iterations: each trial restoration's iterations (search method).
+        trial_seconds: each trial's time, its criterion included (search method).
+        stopped: why the tuning ended before its criterion was settled (the budget), or None.
     """
 
     alpha: float
@@ -79,13 +83,46 @@ class Tuning:
     evaluations: int
     seconds: float
     noise: NoiseModel | None = None
+    iterations: np.ndarray | None = None
+    trial_seconds: np.ndarray | None = None
+    stopped: str | None = None
 
     def describe(self) -> str:
         best = int(np.argmin(np.abs(self.alphas - self.alpha)))
         return (
-            f"alpha {self.alpha:.4g} by {self.criterion} ({self.values[best]:.6g}), "
-            f"{self.evaluations} restorations, {self.seconds:.1f} s"
+            f"alpha {self.alpha:.4g} by {self.criterion} ({UNITS[self.criterion]} {shown(self.criterion, self.values[best]):.4g}), "
+            f"{self.evaluations} restorations, {self.seconds:.1f} s" + (f"; {self.stopped}" if self.stopped else "")
         )
+
+    def table(self) -> list[str]:
+        """One line per trial, in order: alpha, the criterion in its unit (`UNITS`), the
+        trial's iterations and seconds; the choice marked."""
+        head = f"{'trial':>5}  {'alpha':>10}  {UNITS[self.criterion]:>30}  {'iterations':>10}  {'seconds':>8}"
+        rows = [head]
+        for i, (a, v) in enumerate(zip(self.alphas, self.values, strict=True)):
+            k = int(self.iterations[i]) if self.iterations is not None and i < len(self.iterations) else 0
+            t = float(self.trial_seconds[i]) if self.trial_seconds is not None and i < len(self.trial_seconds) else math.nan
+            mark = "  <- chosen" if a == self.alpha else ""
+            rows.append(f"{i + 1:>5}  {a:>10.4g}  {shown(self.criterion, v):>30.5g}  {k:>10d}  {t:>8.1f}{mark}")
+        return rows
+
+
+UNITS = {
+    "discrepancy": "residual / its expected value",  # 1: the restoration fits the data to the noise
+    "sure": "risk / noise",  # SURE over the noise's total variance
+    "gcv": "log GCV",
+    "reference": "relative error",  # ||f - ref|| / ||ref||
+}
+
+
+def shown(criterion: str, value: float) -> float:
+    """A criterion's internal value in the unit of `UNITS` (the discrepancy and the
+    reference are handled as logarithms)."""
+    if criterion == "discrepancy":
+        return math.exp(value)
+    if criterion == "reference":
+        return math.exp(value / 2)
+    return float(value)
 
 
 def noise_variance_from_rnl(data: Any, rnl: float) -> float:
@@ -138,35 +175,80 @@ def _trace_function(grid: Grid):
     return trace
 
 
-def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, start=None, *, grid: Grid, kind: str):
-    """The criterion at alpha = exp(log_alpha), over one volume or (a leading axis) several
-    segments of one size taken together; with ``start`` (a dual from a neighbouring alpha)
-    also the restoration's dual, to start the next one from: (value, dual)."""
+def _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+    """The sums a criterion is made of, at the restoration ``f`` (object grid) of ``g``."""
+    otf, _ = psf_otf(h, grid)
+    r = g - forward(otf, f, grid)
+    terms = {"rr": jnp.sum(r * r), "n": jnp.asarray(g.size, g.dtype), "noise": jnp.sum(jnp.broadcast_to(variance, g.shape))}
+    if kind == "reference":
+        d = f[grid.data_slices] - reference
+        terms.update(error=jnp.sum(d * d), norm=jnp.sum(reference * reference))
+    else:
+        terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
+    return terms
+
+
+def _over_segments(parts, g, variance, reference, *rest):
+    """``parts`` (a dict of sums) over one volume, or (a leading axis) over segments, added."""
+    if g.ndim == 4:
+        axes = (0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, *(0 for _ in rest))
+        terms = jax.vmap(parts, in_axes=axes)(g, variance, reference, *rest)
+        return {k: jnp.sum(v) for k, v in terms.items()}
+    return parts(g, variance, reference, *rest)
+
+
+def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+    """The criterion at alpha = exp(log_alpha), the restoration run inside (for optax's line
+    search, which calls it as it goes)."""
     from ._restore import _differentiable
 
     alpha = jnp.exp(log_alpha)
     core = _differentiable(grid, 0)
 
-    def parts(g, probes, variance, reference, start):
-        out = core(g, h, alpha, tol, max_iterations, start)
-        f, dual = out[0], out[-1]
-        otf, _ = psf_otf(h, grid)
-        r = g - forward(otf, f, grid)
-        terms = {"rr": jnp.sum(r * r), "n": jnp.asarray(g.size, g.dtype), "noise": jnp.sum(jnp.broadcast_to(variance, g.shape))}
-        if kind == "reference":
-            d = f[grid.data_slices] - reference
-            terms.update(error=jnp.sum(d * d), norm=jnp.sum(reference * reference))
-        else:
-            terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
-        return terms, dual
+    def parts(g, variance, reference, probes):
+        f = core(g, h, alpha, tol, max_iterations)[0]
+        return _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
 
-    if g.ndim == 4:
-        axes = (0, 0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, None if start is None else 0)
-        terms, dual = jax.vmap(parts, in_axes=axes)(g, probes, variance, reference, start)
-        terms = {k: jnp.sum(v) for k, v in terms.items()}
-    else:
-        terms, dual = parts(g, probes, variance, reference, start)
-    return _combine(terms, kind), dual
+    terms = _over_segments(parts, g, variance, reference, probes)
+    return _combine(terms, kind)
+
+
+@functools.cache
+def _given(grid: Grid):
+    """f, as restored elsewhere, with its implicit derivative in alpha (`_implicit`)."""
+    from ._restore import GRADIENT_ITERATIONS, GRADIENT_TOLERANCE
+
+    @jax.custom_vjp
+    def given(alpha, f, g, h, tol, max_iterations):
+        return f
+
+    def fwd(alpha, f, g, h, tol, max_iterations):
+        return f, (alpha, f, g, h, tol, max_iterations)
+
+    def bwd(residuals, cotangent):
+        alpha, f, g, h, tol, max_iterations = residuals
+        _, _, dalpha = implicit_gradients(
+            g, h, alpha, f, cotangent, grid=grid, tol=GRADIENT_TOLERANCE * tol,
+            max_iterations=jnp.maximum(GRADIENT_ITERATIONS, 4 * max_iterations),
+        )
+        return dalpha, jnp.zeros_like(f), jnp.zeros_like(g), jnp.zeros_like(h), jnp.zeros_like(tol), None
+
+    given.defvjp(fwd, bwd)
+    return given
+
+
+def _criterion_at(log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+    """The criterion at alpha = exp(log_alpha) for its restoration ``f`` (object grid; one
+    per segment), differentiable in log alpha through f's implicit derivative."""
+    alpha = jnp.exp(log_alpha)
+    given = _given(grid)
+
+    def parts(g, variance, reference, probes, f):
+        f = given(alpha, f, g, h, tol, max_iterations)
+        return _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+
+    terms = _over_segments(parts, g, variance, reference, probes, f)
+    return _combine(terms, kind)
 
 
 def _combine(t, kind: str):
@@ -215,7 +297,7 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
 
     def objective(x):
         x = jnp.clip(x, lo, hi)
-        value, _ = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+        value = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
         jax.debug.callback(_record, x, value)
         return value**2 if kind == "discrepancy" else value  # a root, as a minimum
 
@@ -225,15 +307,13 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "kind", "slope"))
-def _value_and_slope(log_alpha, g, h, probes, variance, reference, tol, max_iterations, start, *, grid: Grid, kind: str, slope: bool):
-    """The criterion, (``slope``) its derivative in log alpha, and the restoration's dual;
-    each restoration started from ``start``; compiled once per shape and criterion."""
-    args = (log_alpha, g, h, probes, variance, reference, tol, max_iterations, start)
+def _value_and_slope(log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str, slope: bool):
+    """The criterion at the restoration ``f`` and (``slope``) its derivative in log alpha;
+    compiled once per shape and criterion."""
+    args = (log_alpha, f, g, h, probes, variance, reference, tol, max_iterations)
     if slope:
-        (value, dual), d = jax.value_and_grad(_criterion, has_aux=True)(*args, grid=grid, kind=kind)
-        return value, d, dual
-    value, dual = _criterion(*args, grid=grid, kind=kind)
-    return value, jnp.zeros_like(log_alpha), dual
+        return jax.value_and_grad(_criterion_at)(*args, grid=grid, kind=kind)
+    return _criterion_at(*args, grid=grid, kind=kind), jnp.zeros_like(log_alpha)
 
 
 def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
@@ -297,6 +377,10 @@ class _NoRoot(Exception):
     pass
 
 
+class _Budget(Exception):
+    """The tuning's time budget ran out."""
+
+
 def _minimum(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
     """The minimum of a function of x = log alpha from its values alone: a decade at a time
     (doubling) until a lower point lies between two higher ones, then parabolic steps
@@ -348,6 +432,8 @@ def tune_alpha(
     seed: int = 0,
     method: str = "search",
     callback: Callable[[float, float], None] | None = None,
+    progress: Callable[[float, int, float], None] | None = None,
+    max_seconds: float | None = None,
 ) -> Tuning:
     """Choose alpha for ``restore(data, psf, alpha=...)`` from the data: a criterion over log
     alpha, solved for or minimised (see ``method``), with gradients by implicit
@@ -381,6 +467,12 @@ def tune_alpha(
             the discrepancy as its square): slower, and for sure and gcv misled by the
             trace's jumps (docs/tuning.md has the measurements).
         callback: called with (alpha, value) after each evaluation.
+        progress: called as each trial restoration goes (about every `PROGRESS_INTERVAL`
+            seconds) with (the trial's alpha, iterations done, relative gradient); it may
+            raise to stop the tuning (KeyboardInterrupt, for instance).
+        max_seconds: the budget: no trial starts after this many seconds, and one under
+            way stops there once another has finished; the best alpha so far is returned,
+            and ``.stopped`` says so. ``steps`` bounds the trials too.
 
     Returns:
         A `Tuning`: ``.alpha`` and the criterion along the way.
@@ -451,16 +543,35 @@ def tune_alpha(
 
     # each trial restoration starts from the last one's dual c, scaled by the ratio of the
     # alphas (c = r / lam at the minimum, and the residual r changes slowly with alpha)
-    warm = {"x": None, "dual": jnp.zeros(g.shape, dtype)}
+    warm: dict[str, Any] = {"x": None, "dual": None}
+    trials: list[tuple[int, float]] = []  # per evaluation: iterations, seconds
 
     def evaluate(x: float, slope: bool = False) -> tuple[float, float]:
-        dual = warm["dual"] if warm["x"] is None else warm["dual"] * math.exp(warm["x"] - x)
-        value, slope, dual = _value_and_slope(jnp.asarray(x, dtype), *arrays, dual, grid=grid, kind=criterion, slope=slope)
-        warm.update(x=x, dual=dual)
-        value, slope = float(value), float(slope)
-        record(math.exp(x), value)
-        return value, slope
+        from ._restore import _solve_reporting
 
+        if max_seconds is not None and seen and time.perf_counter() - began > max_seconds:
+            raise _Budget
+        started = time.perf_counter()
+
+        def report(k, rel, *_):
+            if max_seconds is not None and seen and time.perf_counter() - began > max_seconds:
+                raise _Budget
+            if progress is not None:
+                progress(math.exp(x), int(k), float(rel))
+
+        dual = None if warm["x"] is None else warm["dual"] * math.exp(warm["x"] - x)
+        f, k, _, _, _, dual = _solve_reporting(
+            g, h, jnp.asarray(math.exp(x), dtype), arrays[5], int(max_iterations), report, PROGRESS_INTERVAL,
+            grid=grid, history_length=0, start=dual, crop=False,
+        )
+        value, d = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind=criterion, slope=slope)
+        warm.update(x=x, dual=dual)
+        value, d = float(value), float(d)
+        trials.append((int(np.max(np.asarray(k))), time.perf_counter() - started))
+        record(math.exp(x), value)
+        return value, d
+
+    stopped = None
     if criterion == "reference" or method == "optax":
         state = _optimiser().init(log_alpha)
         _RECORDERS.append(record)
@@ -472,20 +583,23 @@ def tune_alpha(
                 log_alpha = jnp.clip(log_alpha + updates, lo, hi)
         finally:
             _RECORDERS.pop()
-    elif criterion == "discrepancy":
+    else:
         try:
-            _root(evaluate, max(float(log_alpha), DISCREPANCY_LOWEST), DISCREPANCY_LOWEST, hi, int(steps))
+            if criterion == "discrepancy":
+                _root(evaluate, max(float(log_alpha), DISCREPANCY_LOWEST), DISCREPANCY_LOWEST, hi, int(steps))
+            else:
+                _minimum(evaluate, float(log_alpha), lo, hi, int(steps))
+        except _Budget:
+            stopped = f"the budget of {max_seconds:g} s ran out after {len(seen)} trials: the best alpha so far"
         except _NoRoot:
             ratios = np.exp([v for _, v in seen])
             raise EprjaxError(
                 f"the discrepancy principle found no alpha: the residual is {ratios.min():.3g} to {ratios.max():.3g} "
-                f"times the noise at every alpha tried ({min(a for a, _ in seen):.3g} to {max(a for a, _ in seen):.3g})"
+                f"times its expected value at every alpha tried ({min(a for a, _ in seen):.3g} to {max(a for a, _ in seen):.3g})"
                 + ("; the model does not fit the data to the noise level (a PSF unlike the data's, or noise underestimated)"
                    if ratios.min() > 1 else "; the noise is overestimated")
                 + ": use the sure or gcv criterion"
             ) from None
-    else:
-        _minimum(evaluate, float(log_alpha), lo, hi, int(steps))
 
     alphas = np.array([a for a, _ in seen])
     values = np.array([v for _, v in seen])
@@ -493,4 +607,6 @@ def tune_alpha(
     return Tuning(
         alpha=float(alphas[best]), criterion=criterion, alphas=alphas, values=values,
         evaluations=len(seen), seconds=time.perf_counter() - began, noise=measured,
+        iterations=np.array([k for k, _ in trials] or [0] * len(seen), dtype=np.int64),
+        trial_seconds=np.array([t for _, t in trials] or [math.nan] * len(seen)), stopped=stopped,
     )
