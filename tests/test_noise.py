@@ -79,3 +79,20 @@ def test_prepdata_rnl_from_the_measured_noise() -> None:
     measured = eprjax.prepare_data(raw, offset=st.offset, bg_ref=(5, 5, 3))
     assert measured.noise is not None and np.isfinite(float(measured.rnl))
     assert float(measured.rnl) == pytest.approx(float(known.rnl), rel=0.05)
+
+
+def test_noise_correlated_within_the_planes() -> None:
+    """Poisson light smoothed along X within each plane (as deskewing's interpolation does):
+    the 3-D filter would see a third of the noise; the model is measured along Z alone, says
+    so, and gives the voxels' own variance (for x' = (x_-1 + 2 x + x_+1) / 4 of Poisson(L):
+    6 L / 16 per voxel)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    ramp = np.linspace(50, 150, 96)[None, :, None]
+    light = rng.poisson(np.broadcast_to(ramp, (32, 96, 96))).astype(np.float64)
+    smoothed = ndimage.correlate1d(light, np.array([1.0, 2.0, 1.0]) / 4, axis=2, mode="nearest")
+    m = eprjax.estimate_noise(smoothed)
+    assert m.correlated and "correlated within the planes" in m.describe()
+    assert float(m.variance(100.0)) == pytest.approx(6 * 100 / 16, rel=0.05)
+    assert not eprjax.estimate_noise(light).correlated

@@ -22,6 +22,11 @@ slope. Integer data carry the rounding's variance, 1/12 of a count squared, whic
 off the intercept. Data that were scaled (prepdata's normalisation) keep the model's form
 with other numbers. The read noise is measured only as well as the data reach down to the
 offset: where the darkest region holds much light, it is an extrapolation (docs/tuning.md).
+
+Noise correlated within the planes (interpolated, binned or filtered data: deskewing does it)
+reaches a filter across the plane weakened; the planes being separate exposures, the second
+difference along Z alone still sees a voxel's whole variance, and is used when it finds
+clearly more (`CORRELATED`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ LEAST_BLOCKS = 100  # a bin with fewer voxels is left out of the fit
 MAX_VOXELS = 1 << 25  # larger volumes are measured on evenly spaced runs of planes
 SECOND_DIFFERENCE = np.array([1.0, -2.0, 1.0])
 OUTLIER = 6.0  # a bin this many standard errors off the line is left out
+CORRELATED = 1.3  # the noise along Z alone this much above the 3-D filter's: correlated within the planes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,8 @@ class NoiseModel:
         integer: whether the data were whole numbers (their rounding adds 1/12 to the
             variance, which the read noise leaves out).
         covariance: of (slope, intercept), from the fit (the bins' standard errors).
+        correlated: the noise was found correlated within the planes (interpolated, binned
+            or filtered data) and was measured along Z alone.
     """
 
     slope: float
@@ -67,6 +75,7 @@ class NoiseModel:
     lowest: float
     integer: bool = False
     covariance: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((2, 2)))
+    correlated: bool = False
 
     def variance(self, level: Any) -> np.ndarray:
         """The noise variance at ``level`` (levels below the darkest measured count as it)."""
@@ -128,36 +137,39 @@ class NoiseModel:
         else:
             line += " (no Poisson part found: the noise does not grow with the signal)"
         sigma = math.sqrt(self.floor)
+        if self.correlated:
+            line += "; the noise is correlated within the planes (interpolated, binned or filtered data?): measured along Z alone"
         return line + f"; noise {sigma:.3g} RMS at the darkest level {self.lowest:.4g}, measured at {int(self.voxels.sum())} voxels"
 
 
-def _detail_and_level(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """d (see the module's notes) and the 3x3x3 mean, at the voxels whose neighbourhood lies
-    inside ``part``, flattened."""
+def _detail_and_level(part: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """d, the second difference along ``axes`` (see the module's notes), and the mean of
+    the same voxels, at the voxels whose neighbourhood lies inside ``part``, flattened."""
     d = part
-    for axis in range(3):
+    for axis in axes:
         d = ndimage.correlate1d(d, SECOND_DIFFERENCE, axis=axis, mode="constant")
-    level = ndimage.uniform_filter(part, 3, mode="constant")
+    level = ndimage.uniform_filter(part, [3 if a in axes else 1 for a in range(3)], mode="constant")
     inner = (slice(1, -1),) * 3
-    return (d[inner] / math.sqrt(216.0)).ravel(), level[inner].ravel()
+    scale = math.sqrt(float(np.sum(SECOND_DIFFERENCE**2)) ** len(axes))
+    return (d[inner] / scale).ravel(), level[inner].ravel()
 
 
-def _correlation_factor() -> float:
+def _correlation_factor(axes: int = 3) -> float:
     """How many times fewer independent measurements the means of d^2 hold than voxels: d at
     neighbouring voxels shares noise, and for Gaussian noise Cov(d_p^2, d_q^2) = 2 rho_pq^2
     v^2, so the variance of a mean of d^2 grows by the sum of rho^2 over all lags (per axis,
-    the filter's normalised autocorrelation, cubed over the three axes)."""
+    the filter's normalised autocorrelation, to the power of the axes filtered)."""
     k = SECOND_DIFFERENCE
     rho = np.correlate(k, k, mode="full") / np.sum(k * k)
-    return float(np.sum(rho * rho) ** 3)
+    return float(np.sum(rho * rho) ** axes)
 
 
-def _fit(levels, variances, counts) -> tuple[float, float, np.ndarray]:
+def _fit(levels, variances, counts, axes: int = 3) -> tuple[float, float, np.ndarray]:
     """variance = slope * level + intercept by least squares, each bin weighted by its
     inverse squared standard error (2 v^2 / n for a mean of n squares, times
     `_correlation_factor`), iterated on the line; slope 0 (one variance for all) where the
     data give a falling line. Returns (slope, intercept, their covariance)."""
-    effective = counts / _correlation_factor()
+    effective = counts / _correlation_factor(axes)
     w = effective / (2 * np.maximum(variances, 1e-30) ** 2)
     slope, intercept = 0.0, float(np.sum(w * variances) / np.sum(w))
     falling = len(levels) < 2 or not np.ptp(levels) > 0
@@ -207,9 +219,6 @@ def estimate_noise(data: Any) -> NoiseModel:
         parts = [g[s : s + run] for s in starts]
     else:
         parts = [g]
-    pairs = [_detail_and_level(p) for p in parts]
-    d2 = np.concatenate([d for d, _ in pairs]) ** 2
-    level = np.concatenate([lv for _, lv in pairs])
     # saturated or clipped voxels, and regions filled with one value (the padding that
     # deskewing or registration leaves), carry no noise: neighbourhoods that reach them are
     # left out (where the data's extremes are common; wherever 3x3x3 voxels are all equal)
@@ -223,7 +232,24 @@ def estimate_noise(data: Any) -> NoiseModel:
     keep = np.concatenate(touched) == 0
     if keep.sum() < BINS * LEAST_BLOCKS:
         raise ParameterError(f"too few voxels to measure the noise on ({int(keep.sum())} away from saturated, clipped or constant ones)")
-    level, d2 = level[keep], d2[keep]
+    integer = bool(np.all(g == np.round(g)))
+    model = _measure(parts, keep, (0, 1, 2), integer)
+    # the planes of a stack are separate exposures, so the noise is independent along Z; within
+    # a plane, interpolation (deskewing), binning or filtering correlate it, and a filter across
+    # the plane then sees less noise than a voxel holds: measured along Z alone as well, the
+    # larger is taken when it is clearly larger (see the module's notes)
+    along_z = _measure(parts, keep, (0,), integer)
+    level = float(np.median(model.levels))
+    if along_z.variance(level) > CORRELATED * model.variance(level):
+        return dataclasses.replace(along_z, correlated=True)
+    return model
+
+
+def _measure(parts, keep, axes: tuple[int, ...], integer: bool) -> NoiseModel:
+    """The model from the second difference along ``axes``, at the voxels ``keep`` says."""
+    pairs = [_detail_and_level(p, axes) for p in parts]
+    d2 = np.concatenate([d for d, _ in pairs])[keep] ** 2
+    level = np.concatenate([lv for _, lv in pairs])[keep]
     edges = np.unique(np.quantile(level, np.linspace(0, 1, BINS + 1)))
     which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, len(edges) - 2)
     bins = len(edges) - 1
@@ -233,19 +259,20 @@ def estimate_noise(data: Any) -> NoiseModel:
     use = counts >= LEAST_BLOCKS
     if use.sum() < 1:
         raise ParameterError("too few voxels to measure the noise on")
+    n = len(axes)
     # bins far above the line (where the signal's structure reaches the filter: a bright bead)
     # are left out, one at a time, at most a third of them
     for _ in range(int(use.sum()) // 3):
-        slope, intercept, covariance = _fit(means[use], variances[use], counts[use])
+        slope, intercept, covariance = _fit(means[use], variances[use], counts[use], n)
         model = np.maximum(slope * means + intercept, 1e-30)
-        z = np.where(use, (variances - model) / (model * np.sqrt(2 * _correlation_factor() / np.maximum(counts, 1))), -np.inf)
+        z = np.where(use, (variances - model) / (model * np.sqrt(2 * _correlation_factor(n) / np.maximum(counts, 1))), -np.inf)
         worst = int(np.argmax(np.abs(np.where(use, z, 0))))
         if abs(z[worst]) < OUTLIER:
             break
         use[worst] = False
-    slope, intercept, covariance = _fit(means[use], variances[use], counts[use])
+    slope, intercept, covariance = _fit(means[use], variances[use], counts[use], n)
     return NoiseModel(
         slope=slope, intercept=intercept, levels=means[use], variances=variances[use],
-        voxels=counts[use].astype(np.int64), lowest=float(means[use].min()), integer=bool(np.all(g == np.round(g))),
+        voxels=counts[use].astype(np.int64), lowest=float(means[use].min()), integer=integer,
         covariance=covariance,
     )
