@@ -55,6 +55,7 @@ def test_implicit_gradients_match_finite_differences(case) -> None:
             assert abs(float(np.sum(np.asarray(grad) * direction)) - want) < 1e-4 * abs(want)
 
 
+@pytest.mark.slow  # 16-30 s; the implicit gradients are checked against finite differences in the default run
 def test_unrolled_and_implicit_gradients_agree_once_converged() -> None:
     with jax.enable_x64(True):
         g, h, alpha, loss = problem("padded")

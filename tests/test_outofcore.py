@@ -184,6 +184,7 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "EPRJAX_CACHE_DIR": str(tmp / "cache"), "JAX_PLATFORMS": "cpu"}
 
 
+@pytest.mark.slow  # 25-40 s: two processes started, each compiling; run with -m slow
 def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two local processes joined by jax.distributed (CPU) share the segments, here going on
     from a one-process run interrupted after 3 of 9 (-resume); the first writes the output,

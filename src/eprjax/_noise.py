@@ -45,7 +45,8 @@ LEAST_BLOCKS = 100  # a bin with fewer voxels is left out of the fit
 MAX_VOXELS = 1 << 25  # larger volumes are measured on evenly spaced runs of planes
 SECOND_DIFFERENCE = np.array([1.0, -2.0, 1.0])
 OUTLIER = 6.0  # a bin this many standard errors off the line is left out
-CORRELATED = 1.3  # the noise along Z alone this much above the 3-D filter's: correlated within the planes
+CORRELATED = 1.3  # the noise along Z alone this much above the 3-D filter's at the median level ...
+CORRELATED_DARK = 1.15  # ... and this much at the darkest: correlated within the planes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,8 +240,11 @@ def estimate_noise(data: Any) -> NoiseModel:
     # the plane then sees less noise than a voxel holds: measured along Z alone as well, the
     # larger is taken when it is clearly larger (see the module's notes)
     along_z = _measure(parts, keep, (0,), integer)
-    level = float(np.median(model.levels))
-    if along_z.variance(level) > CORRELATED * model.variance(level):
+    # correlation weakens the noise at every level, where the signal's own structure, which
+    # the one-axis filter lets through more, grows with the level: clearly more at the median
+    # level and more at the darkest too
+    median, darkest = float(np.median(model.levels)), float(model.lowest)
+    if along_z.variance(median) > CORRELATED * model.variance(median) and along_z.variance(darkest) > CORRELATED_DARK * model.variance(darkest):
         return dataclasses.replace(along_z, correlated=True)
     return model
 
