@@ -12,14 +12,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 python3 -c "import jax, typer, equinox, tifffile; print('jax', jax.__version__, jax.devices(), 'typer', typer.__version__, 'equinox', equinox.__version__, 'tifffile', tifffile.__version__)" | tee -a "$OUT/device.txt"
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+  python3 -m pytest -q -p no:cacheprovider -o addopts="--strict-markers -ra" -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 if [[ $what == big || $what == all ]]; then
   python3 benchmarks/memory_per_voxel.py --shapes 64x512x512 64x1024x1024 32x2048x2048 2>&1 | tail -6
   python3 benchmarks/bench_big_volume.py --shape 64x2048x2048 --iterations 50 --out "$OUT/big_volume.md" 2>&1 | tail -8
 fi
 if [[ $what == suite ]]; then  # the whole default suite, on the GPU where it uses JAX's default device
-  timeout 480 python3 -m pytest -q -p no:cacheprovider -m "not slow" --durations=5 2>&1 | tee "$OUT/suite.log" | tail -25
+  timeout 480 python3 -m pytest -q -p no:cacheprovider -o addopts="--strict-markers -ra" -m "not slow" --durations=5 2>&1 | tee "$OUT/suite.log" | tail -25
 fi
 if [[ $what == bench || $what == all ]]; then
   python3 benchmarks/bench_restore.py --sizes 64x256x256 128x512x512 --repeats 5 --skip-skimage --out "$OUT/bench_small.md" 2>&1 | tail -14
