@@ -52,6 +52,7 @@ ROOT_TOLERANCE = 0.01  # |log(residual / its expected value)|: 1 %
 DISCREPANCY_LOWEST = math.log(1e-7)  # below, trial restorations rarely converge: the residual stops falling
 DECADE = math.log(10.0)
 MAX_DECADES = 3.0  # the longest step, in decades of alpha
+MAX_DECADES_DOWN = 1.0  # ... towards smaller alpha, where trials converge slowly (measured on a real stack: 300 iterations three decades down)
 LINE_SEARCH_STEPS = 5
 CURVATURE = 0.3  # the line search stops where the slope has fallen to this share
 GRADIENT_TOLERANCE = 1e-3  # d criterion / d log alpha
@@ -319,7 +320,7 @@ def _value_and_slope(log_alpha, f, g, h, probes, variance, reference, tol, max_i
 def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
     """The root of an increasing function L(x) of x = log alpha: until the root is
     bracketed, Newton steps with L's slope, doubled (at least half a decade, at most
-    `MAX_DECADES`) so as to step over it; then secant steps on L's values inside the bracket
+    `MAX_DECADES` up and `MAX_DECADES_DOWN` down) so as to step over it; then secant steps on L's values inside the bracket
     (Anderson-Bjorck); until |L| < `ROOT_TOLERANCE` or the bracket is narrower than
     `STEP_TOLERANCE`. ``evaluate(x, slope)`` gives L and, when asked, its slope.
 
@@ -350,7 +351,8 @@ def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
             nx = xa - la * (xb - xa) / (lb - la)
         else:
             newton = -value / slope if slope > 0 else math.copysign(MAX_DECADES * DECADE, -value)
-            nx = x + math.copysign(min(max(2 * abs(newton), 0.5 * DECADE), MAX_DECADES * DECADE), newton)
+            longest = (MAX_DECADES if newton > 0 else MAX_DECADES_DOWN) * DECADE
+            nx = x + math.copysign(min(max(2 * abs(newton), 0.5 * DECADE), longest), newton)
         nx = float(np.clip(nx, lo, hi))
         if nx == x:
             break  # at the end of the range
