@@ -78,15 +78,14 @@ def choose_alpha(
     elif (rnl := rnl_from_history(image, camera_only=True)) is not None:
         variance = eprjax.noise_variance_from_rnl(volume, rnl)
         source = f"RNL {rnl:.4g} from prepdata"
-    flat = np.concatenate(list(volume), axis=0) if volume.ndim == 4 else volume
     model = None
     try:
-        model = eprjax.estimate_noise(flat)
+        model = eprjax.estimate_noise(volume)
         log.info("%s: the data's own noise: %s", name, model.describe())
     except eprjax.ParameterError as e:
         log.warning("%s: the noise could not be measured on the data (%s)", name, e)
     if model is not None:
-        level = float(np.median(flat))
+        level = float(np.median(volume))
         mine = float(model.variance(level))
         if variance is not None:
             theirs = float(np.median(np.asarray(variance)))
@@ -97,7 +96,7 @@ def choose_alpha(
                     "gain, read noise and offset (the measured noise is used only without them)", name, source, theirs / mine,
                 )
         else:
-            variance = model.voxel_variance(flat).reshape(volume.shape)
+            variance = model.voxel_variance(volume)
             source = "measured on the data"
     automatic = criterion is None
     if criterion is None:

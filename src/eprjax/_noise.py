@@ -124,7 +124,8 @@ class NoiseModel:
         mean of each voxel's 3x3x3 neighbourhood, so that the voxel's own noise hardly moves
         the level it is given)."""
         g = np.asarray(data, np.float32)
-        level = ndimage.uniform_filter(g, size=[3 if n >= 3 else 1 for n in g.shape], mode="nearest")
+        size = [3 if n >= 3 else 1 for n in g.shape[-3:]]
+        level = ndimage.uniform_filter(g, size=[1] * (g.ndim - 3) + size, mode="nearest")  # per segment
         return self.variance(level).astype(np.float32)
 
     def describe(self, offset: float | None = None) -> str:
@@ -197,8 +198,9 @@ def estimate_noise(data: Any) -> NoiseModel:
     image's own noise (the module's notes give the method).
 
     Args:
-        data: one volume (Z, Y, X), at least 5 voxels along each axis; the data as
-            recorded (raw counts, for the camera's numbers) or as prepared.
+        data: one volume (Z, Y, X), at least 5 voxels along each axis, or segments of one
+            (segments, Z, Y, X), measured together; the data as recorded (raw counts, for
+            the camera's numbers) or as prepared.
 
     Returns:
         A `NoiseModel`; ``.variance(level)``, ``.voxel_variance(data)``, ``.gain``,
@@ -209,17 +211,20 @@ def estimate_noise(data: Any) -> NoiseModel:
             measure the noise on.
     """
     g = np.asarray(data, np.float64)
-    if g.ndim != 3 or min(g.shape) < 5:
-        raise ParameterError(f"the noise is measured on a (Z, Y, X) volume of at least 5x5x5 voxels, got {tuple(np.shape(data))}")
+    if g.ndim not in (3, 4) or min(g.shape[-3:]) < 5:
+        raise ParameterError(
+            f"the noise is measured on a (Z, Y, X) volume (or segments of one) of at least 5x5x5 voxels, got {tuple(np.shape(data))}"
+        )
     if not np.all(np.isfinite(g)):
         raise ParameterError("the data hold NaN or infinite values: the noise cannot be measured")
+    volumes = g if g.ndim == 4 else g[None]
     if g.size > MAX_VOXELS:  # runs of planes, evenly spaced
         run = 8
-        runs = max(1, MAX_VOXELS // (run * g.shape[1] * g.shape[2]))
-        starts = np.unique(np.linspace(0, max(g.shape[0] - run, 0), runs).astype(int))
-        parts = [g[s : s + run] for s in starts]
+        runs = max(1, MAX_VOXELS // (run * g.shape[-2] * g.shape[-1] * len(volumes)))
+        starts = np.unique(np.linspace(0, max(g.shape[-3] - run, 0), runs).astype(int))
+        parts = [v[s : s + run] for v in volumes for s in starts]
     else:
-        parts = [g]
+        parts = list(volumes)
     # saturated or clipped voxels, and regions filled with one value (the padding that
     # deskewing or registration leaves), carry no noise: neighbourhoods that reach them are
     # left out (where the data's extremes are common; wherever 3x3x3 voxels are all equal)

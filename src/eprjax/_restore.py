@@ -317,16 +317,13 @@ def _warm_start(g, otf, lam, c, *, grid: Grid) -> _State:
     )
 
 
-def _object(g, h, alpha, tol, max_iterations, start=None, *, grid: Grid, history_length: int):
+def _object(g, h, alpha, tol, max_iterations, *, grid: Grid, history_length: int):
     """One volume restored: f on the whole object grid, iterations, relative gradient,
-    result, history, and the dual c (to start a neighbouring restoration from: ``start``)."""
+    result and history."""
     otf, lam = _prepare(g, h, alpha, grid)
-    if start is None:
-        state = _start(g, otf, grid=grid, history_length=history_length)
-    else:
-        state = _warm_start(g, otf, lam, start, grid=grid)
+    state = _start(g, otf, grid=grid, history_length=history_length)
     state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
-    return (*_finish(state, otf, tol, grid=grid, crop=False), state.c)
+    return _finish(state, otf, tol, grid=grid, crop=False)
 
 
 @functools.cache
@@ -336,20 +333,20 @@ def _differentiable(grid: Grid, history_length: int):
     run = functools.partial(_object, grid=grid, history_length=history_length)
 
     @jax.custom_vjp
-    def core(g, h, alpha, tol, max_iterations, start=None):
-        return run(g, h, alpha, tol, max_iterations, start)
+    def core(g, h, alpha, tol, max_iterations):
+        return run(g, h, alpha, tol, max_iterations)
 
-    def fwd(g, h, alpha, tol, max_iterations, start=None):
-        out = run(g, h, alpha, tol, max_iterations, start)
-        return out, (g, h, alpha, tol, max_iterations, out[0], start)
+    def fwd(g, h, alpha, tol, max_iterations):
+        out = run(g, h, alpha, tol, max_iterations)
+        return out, (g, h, alpha, tol, max_iterations, out[0])
 
     def bwd(residuals, cotangents):
-        g, h, alpha, tol, max_iterations, f, start = residuals
+        g, h, alpha, tol, max_iterations, f = residuals
         dg, dh, dalpha = implicit_gradients(
             g, h, alpha, f, cotangents[0], grid=grid, tol=GRADIENT_TOLERANCE * tol,
             max_iterations=jnp.maximum(GRADIENT_ITERATIONS, 4 * max_iterations),
         )
-        return dg, dh, dalpha, None, None, None if start is None else jnp.zeros_like(start)
+        return dg, dh, dalpha, None, None
 
     core.defvjp(fwd, bwd)
     return core
@@ -372,7 +369,7 @@ def _unrolled(g, h, alpha, tol, *, iterations: int, grid: Grid):
         return jax.tree.map(lambda a, b: jnp.where(going, a, b), new, s), None
 
     state, _ = jax.lax.scan(one, state, None, length=iterations)
-    return (*_finish(state, otf, tol, grid=grid, crop=False), state.c)
+    return _finish(state, otf, tol, grid=grid, crop=False)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "history_length", "unrolled"))
@@ -383,13 +380,13 @@ def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length:
         run = functools.partial(_unrolled, iterations=unrolled, grid=grid)
 
         def one(g):
-            f, k, rel, result, hist, _ = run(g, psf, alpha, tol)
+            f, k, rel, result, hist = run(g, psf, alpha, tol)
             return f[grid.data_slices], k, rel, result, hist
     else:
         core = _differentiable(grid, history_length)
 
         def one(g):
-            f, k, rel, result, hist, _ = core(g, psf, alpha, tol, max_iterations)
+            f, k, rel, result, hist = core(g, psf, alpha, tol, max_iterations)
             return f[grid.data_slices], k, rel, result, hist
 
     for _ in range(data.ndim - 3):

@@ -502,7 +502,6 @@ def tune_alpha(
     measured = None
     if criterion in NEEDS_NOISE and noise_variance is None:
         volume = np.asarray(g, np.float64)
-        volume = np.concatenate(list(volume), axis=0) if volume.ndim == 4 else volume
         try:
             measured = estimate_noise(volume)
         except ParameterError as e:
@@ -510,7 +509,7 @@ def tune_alpha(
                 f"the {criterion} criterion needs the noise, and it could not be measured on the data ({e}): "
                 "give noise_variance (the camera's gain and read noise) or use the gcv criterion"
             ) from None
-        noise_variance = measured.voxel_variance(volume).reshape(g.shape)
+        noise_variance = measured.voxel_variance(volume)
     if noise_variance is not None:
         variance = jnp.asarray(noise_variance, dtype)
         if (variance.ndim != 0 and variance.shape != g.shape) or not bool(jnp.all(variance >= 0)):
@@ -548,16 +547,19 @@ def tune_alpha(
     warm: dict[str, Any] = {"x": None, "dual": None}
     trials: list[tuple[int, float]] = []  # per evaluation: iterations, seconds
 
+    def spent() -> None:
+        """The budget ran out (once a trial has finished: a first result is always had)."""
+        if max_seconds is not None and seen and time.perf_counter() - began > max_seconds:
+            raise _Budget
+
     def evaluate(x: float, slope: bool = False) -> tuple[float, float]:
         from ._restore import _solve_reporting
 
-        if max_seconds is not None and seen and time.perf_counter() - began > max_seconds:
-            raise _Budget
+        spent()
         started = time.perf_counter()
 
         def report(k, rel, *_):
-            if max_seconds is not None and seen and time.perf_counter() - began > max_seconds:
-                raise _Budget
+            spent()
             if progress is not None:
                 progress(math.exp(x), int(k), float(rel))
 
