@@ -71,16 +71,20 @@ class Model:
         return np.real(np.fft.ifftn(np.fft.fftn(big) * np.conj(self.otf)))
 
 
-def fista(model: Model, g: np.ndarray, alpha: float, *, iterations: int = 100_000, rtol: float = 1e-13) -> np.ndarray:
-    """The minimiser, to about ``rtol`` (relative change of f per iteration)."""
+def fista(
+    model: Model, g: np.ndarray, alpha: float, *, iterations: int = 100_000, rtol: float = 1e-13, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """The minimiser, to about ``rtol`` (relative change of f per iteration); ``weights``:
+    the data term's per-voxel weights W, ||W^(1/2) (g - H f)||^2."""
     g = np.asarray(g, np.float64)
+    w = np.ones(g.shape) if weights is None else np.asarray(weights, np.float64)
     lam = alpha * model.gain
-    lipschitz = model.norm2 + lam  # of the gradient of Psi / 2
+    lipschitz = model.norm2 * w.max() + lam  # of the gradient of Psi / 2
     q = (np.sqrt(lipschitz) - np.sqrt(lam)) / (np.sqrt(lipschitz) + np.sqrt(lam))
     f = np.zeros(model.object_shape)
     y = f.copy()
     for _ in range(iterations):
-        grad = model.adjoint(model.forward(y) - g) + lam * y
+        grad = model.adjoint(w * (model.forward(y) - g)) + lam * y
         new = np.maximum(0.0, y - grad / lipschitz)
         change = np.linalg.norm(new - f) / max(np.linalg.norm(new), 1e-300)
         y = new + q * (new - f)

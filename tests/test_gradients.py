@@ -55,6 +55,36 @@ def test_implicit_gradients_match_finite_differences(case) -> None:
             assert abs(float(np.sum(np.asarray(grad) * direction)) - want) < 1e-4 * abs(want)
 
 
+@pytest.mark.parametrize("pad", [(2, 2, 2), 0], ids=["padded", "periodic"])
+def test_weighted_gradients_match_finite_differences(pad) -> None:
+    """The weighted data term: the implicit gradients in alpha, the data, the PSF and the
+    weights themselves against central differences (float64), within 1e-4 as above."""
+    with jax.enable_x64(True):
+        psf = gaussian_psf((5, 5, 5), (1.2, 1.0, 1.0)).astype(np.float64)
+        g = blurred(scene((8, 12, 10)), psf).astype(np.float64)
+        rng = np.random.default_rng(2)
+        weights = rng.uniform(0.2, 3.0, size=g.shape)
+        target = rng.uniform(0, 2 * g.mean(), size=g.shape)
+        alpha = 1e-2
+
+        def loss(g, h, alpha, w):
+            f = eprjax.restore(g, h, alpha=alpha, tol=1e-10, max_iterations=5000, pad=pad, weights=w).value
+            return jnp.sum((f - target) ** 2)
+
+        grads = jax.grad(loss, argnums=(0, 1, 2, 3))(jnp.asarray(g), jnp.asarray(psf), jnp.asarray(alpha), jnp.asarray(weights))
+        assert abs(float(grads[2]) - float(central(lambda a: loss(g, psf, a, weights), alpha, 1.0, 1e-6 * alpha))) < 1e-4 * abs(float(grads[2]))
+        for i, x in ((0, g), (1, psf), (3, weights)):
+            def at(y, i=i):
+                args = [g, psf, alpha, weights]
+                args[i] = y
+                return loss(*args)
+
+            direction = rng.normal(size=x.shape)
+            step = 1e-6 * np.linalg.norm(x) / np.linalg.norm(direction)
+            want = float(central(at, x, direction, step))
+            assert abs(float(np.sum(np.asarray(grads[i]) * direction)) - want) < 1e-4 * abs(want), i
+
+
 @pytest.mark.slow  # 16-30 s; the implicit gradients are checked against finite differences in the default run
 def test_unrolled_and_implicit_gradients_agree_once_converged() -> None:
     with jax.enable_x64(True):

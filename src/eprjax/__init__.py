@@ -29,6 +29,7 @@ from ._segments import SegmentPlan as SegmentPlan
 from ._segments import plan_segments as plan_segments
 from ._noise import NoiseModel as NoiseModel
 from ._noise import estimate_noise as estimate_noise
+from ._noise import noise_weights as noise_weights
 from ._tune import Tuning as Tuning
 from ._tune import camera_variance as camera_variance
 from ._tune import noise_variance_from_rnl as noise_variance_from_rnl

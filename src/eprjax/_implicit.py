@@ -19,7 +19,11 @@ out of one reverse-mode pass over the scalar
     phi(g, h, alpha) = <H_h w, g> - <H_h w, H_h f> - lam(h, alpha) <w, f>
 
 with w and f held fixed: its gradient is exactly the list above, the PSF's part included
-(through the convolution and through s).
+(through the convolution and through s). phi is -<w, F> for the optimality conditions
+F = P (H^T (H f - g) + lam f) = 0, so its gradient in any parameter of F is that
+parameter's implicit gradient. With weights W in the data term the problem is the plain one
+for W^(1/2) g and W^(1/2) H (`_operator.Weighted`): the same solve with that operator, and
+phi's gradient in W^(1/2) is the weights' part.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._operator import Grid, adjoint, forward, power_gain, psf_otf
+from ._operator import Grid, adjoint, forward, power_gain, psf_otf, weighted
 
 CG_TOLERANCE = {jnp.dtype(jnp.float32): 1e-6, jnp.dtype(jnp.float64): 1e-12}  # relative residual
 CG_ITERATIONS = 5000
@@ -70,19 +74,25 @@ def active_solve(otf, lam, active, rhs, grid: Grid, *, tol=None, max_iterations:
     return x, k
 
 
-def implicit_gradients(g, h, alpha, f, v, *, grid: Grid, tol=None, max_iterations=CG_ITERATIONS):
-    """(dL/dg, dL/dh, dL/dalpha) at the restoration ``f`` (object grid) for the cotangent ``v``
-    (object grid); the solve to a relative residual of ``tol`` (at least the precision's
-    floor): a tenth of the restoration's own tolerance is as far as its f can be trusted."""
+def implicit_gradients(g, h, alpha, f, v, root=None, *, grid: Grid, tol=None, max_iterations=CG_ITERATIONS):
+    """(dL/dg, dL/dh, dL/dalpha, dL/droot) at the restoration ``f`` (object grid) for the
+    cotangent ``v`` (object grid); ``root``: the square root of the data term's weights (data
+    grid), or None (unweighted; its gradient is then None). The solve to a relative residual
+    of ``tol`` (at least the precision's floor): a tenth of the restoration's own tolerance
+    is as far as its f can be trusted."""
     otf, s = psf_otf(h, grid)
     lam = alpha * s * s * power_gain(grid)
-    w, _ = active_solve(otf, lam, f > 0, v, grid, tol=tol, max_iterations=max_iterations)
+    w, _ = active_solve(weighted(otf, root), lam, f > 0, v, grid, tol=tol, max_iterations=max_iterations)
     w, f = jax.lax.stop_gradient(w), jax.lax.stop_gradient(f)
 
-    def phi(g, h, alpha):
+    def phi(g, h, alpha, root):
         otf, s = psf_otf(h, grid)
         lam = alpha * s * s * power_gain(grid)
-        hw = forward(otf, w, grid)
-        return _dot(hw, g) - _dot(hw, forward(otf, f, grid)) - lam * _dot(w, f)
+        op = weighted(otf, root)
+        hw = forward(op, w, grid)
+        gw = g if root is None else root * g
+        return _dot(hw, gw) - _dot(hw, forward(op, f, grid)) - lam * _dot(w, f)
 
-    return jax.grad(phi, argnums=(0, 1, 2))(g, h, alpha)
+    if root is None:
+        return (*jax.grad(phi, argnums=(0, 1, 2))(g, h, alpha, None), None)
+    return jax.grad(phi, argnums=(0, 1, 2, 3))(g, h, alpha, root)

@@ -285,3 +285,18 @@ def _measure(parts, keep, axes: tuple[int, ...], integer: bool) -> NoiseModel:
         voxels=counts[use].astype(np.int64), lowest=float(means[use].min()), integer=integer,
         covariance=covariance,
     )
+
+
+def noise_weights(variance: Any, scale: float | None = None) -> np.ndarray:
+    """The data term's weights for ``restore(..., weights=)``: the inverse of the noise
+    ``variance`` (per voxel, e.g. `NoiseModel.voxel_variance` or `camera_variance`), scaled
+    to a mean of 1, so that alpha keeps its meaning (for uniform noise the weights are all 1
+    and the restoration is the unweighted one). ``scale``: the mean of 1 / variance to scale
+    by instead (one number for every segment or volume of a run, so that they share one
+    alpha). float32."""
+    v = np.asarray(variance, np.float64)
+    if v.size == 0 or not np.all(np.isfinite(v)) or not np.all(v > 0):
+        raise ParameterError("the noise variance must be finite and > 0 everywhere to weight by it")
+    inverse = 1.0 / v
+    mean = float(np.mean(inverse)) if scale is None else float(scale)
+    return (inverse / mean).astype(np.float32)

@@ -16,6 +16,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float
@@ -207,19 +208,39 @@ def spread_blocks(r: Float[Array, "z y x"], factor: Sequence[int]) -> Float[Arra
     return r.reshape(z * kz, y * ky, x * kx)
 
 
+class Weighted(eqx.Module):
+    """The operator W^(1/2) H: H (its OTF) followed by a per-voxel factor ``root`` on the
+    data grid, the square root of the data term's weights. The weighted problem
+    ||W^(1/2) (g - H f)||^2 + lam ||f||^2 is the plain one for W^(1/2) g and W^(1/2) H, so
+    the solver, its gradients and the criteria take it wherever they take an OTF."""
+
+    otf: Complex[Array, "z y xh"]
+    root: Float[Array, "dz dy dx"]
+
+
+def weighted(otf, root):
+    """``otf`` as the operator W^(1/2) H (`Weighted`), or as it is when ``root`` is None."""
+    return otf if root is None else Weighted(otf, root)
+
+
 def forward(
-    otf: Complex[Array, "z y xh"], f: Float[Array, "z y x"], grid: Grid
+    otf: Complex[Array, "z y xh"] | Weighted, f: Float[Array, "z y x"], grid: Grid
 ) -> Float[Array, "dz dy dx"]:
-    """H f: convolve on the object grid, keep the data's region, sum the fine blocks."""
+    """H f: convolve on the object grid, keep the data's region, sum the fine blocks (and,
+    for a `Weighted` operator, times the root of the weights)."""
+    if isinstance(otf, Weighted):
+        return otf.root * forward(otf.otf, f, grid)
     blurred = jnp.fft.irfftn(jnp.fft.rfftn(f) * otf, s=grid.object_shape)
     return bin_blocks(blurred if grid.periodic else blurred[grid.data_slices], grid.factor)
 
 
 def adjoint(
-    otf: Complex[Array, "z y xh"], r: Float[Array, "dz dy dx"], grid: Grid
+    otf: Complex[Array, "z y xh"] | Weighted, r: Float[Array, "dz dy dx"], grid: Grid
 ) -> Float[Array, "z y x"]:
     """H^T r: spread over the fine blocks, place on the object grid (zeros around),
-    correlate with the PSF."""
+    correlate with the PSF (for a `Weighted` operator, r times the root of the weights first)."""
+    if isinstance(otf, Weighted):
+        return adjoint(otf.otf, otf.root * r, grid)
     r = spread_blocks(r, grid.factor)
     if not grid.periodic:
         r = jnp.pad(r, grid.pad)

@@ -41,7 +41,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._arrays import like, to_jax
 from ._errors import EprjaxError, ParameterError
 from ._implicit import implicit_gradients
-from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
+from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf, weighted
 
 REFRESH = 50
 GRADIENT_TOLERANCE = 0.1  # the implicit gradients' solve: this times the restoration's tolerance
@@ -317,10 +317,16 @@ def _warm_start(g, otf, lam, c, *, grid: Grid) -> _State:
     )
 
 
-def _object(g, h, alpha, tol, max_iterations, *, grid: Grid, history_length: int):
+def _whitened(g, otf, root):
+    """The weighted problem as a plain one: W^(1/2) g and the operator W^(1/2) H."""
+    return (g, otf) if root is None else (root * g, weighted(otf, root))
+
+
+def _object(g, h, alpha, tol, max_iterations, root=None, *, grid: Grid, history_length: int):
     """One volume restored: f on the whole object grid, iterations, relative gradient,
-    result and history."""
+    result and history; ``root``: the square root of the data term's weights (None: 1)."""
     otf, lam = _prepare(g, h, alpha, grid)
+    g, otf = _whitened(g, otf, root)
     state = _start(g, otf, grid=grid, history_length=history_length)
     state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
     return _finish(state, otf, tol, grid=grid, crop=False)
@@ -333,31 +339,32 @@ def _differentiable(grid: Grid, history_length: int):
     run = functools.partial(_object, grid=grid, history_length=history_length)
 
     @jax.custom_vjp
-    def core(g, h, alpha, tol, max_iterations):
-        return run(g, h, alpha, tol, max_iterations)
+    def core(g, h, alpha, tol, max_iterations, root=None):
+        return run(g, h, alpha, tol, max_iterations, root)
 
-    def fwd(g, h, alpha, tol, max_iterations):
-        out = run(g, h, alpha, tol, max_iterations)
-        return out, (g, h, alpha, tol, max_iterations, out[0])
+    def fwd(g, h, alpha, tol, max_iterations, root=None):
+        out = run(g, h, alpha, tol, max_iterations, root)
+        return out, (g, h, alpha, tol, max_iterations, root, out[0])
 
     def bwd(residuals, cotangents):
-        g, h, alpha, tol, max_iterations, f = residuals
-        dg, dh, dalpha = implicit_gradients(
-            g, h, alpha, f, cotangents[0], grid=grid, tol=GRADIENT_TOLERANCE * tol,
+        g, h, alpha, tol, max_iterations, root, f = residuals
+        dg, dh, dalpha, droot = implicit_gradients(
+            g, h, alpha, f, cotangents[0], root, grid=grid, tol=GRADIENT_TOLERANCE * tol,
             max_iterations=jnp.maximum(GRADIENT_ITERATIONS, 4 * max_iterations),
         )
-        return dg, dh, dalpha, None, None
+        return dg, dh, dalpha, None, None, droot
 
     core.defvjp(fwd, bwd)
     return core
 
 
-def _unrolled(g, h, alpha, tol, *, iterations: int, grid: Grid):
+def _unrolled(g, h, alpha, tol, root=None, *, iterations: int, grid: Grid):
     """`_object` as a fixed number of iterations (those after convergence change nothing),
     each checkpointed, with fixed-length line searches: reverse-mode differentiation goes
     through the iterations themselves. For comparison with the implicit gradients; memory
     grows with the iterations (one state per iteration)."""
     otf, lam = _prepare(g, h, alpha, grid)
+    g, otf = _whitened(g, otf, root)
     state = _start(g, otf, grid=grid, history_length=0)
 
     @jax.checkpoint
@@ -373,117 +380,125 @@ def _unrolled(g, h, alpha, tol, *, iterations: int, grid: Grid):
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "history_length", "unrolled"))
-def _solve(data, psf, alpha, tol, max_iterations, *, grid: Grid, history_length: int, unrolled: int = 0):
+def _solve(data, psf, alpha, tol, max_iterations, root=None, *, grid: Grid, history_length: int, unrolled: int = 0):
     """The whole restoration, one compiled region; ``unrolled`` > 0: that many iterations,
-    differentiated through (`_unrolled`)."""
+    differentiated through (`_unrolled`); ``root``: None, or the weights' roots, shaped
+    like ``data``."""
     if unrolled:
         run = functools.partial(_unrolled, iterations=unrolled, grid=grid)
 
-        def one(g):
-            f, k, rel, result, hist = run(g, psf, alpha, tol)
+        def one(g, root):
+            f, k, rel, result, hist = run(g, psf, alpha, tol, root)
             return f[grid.data_slices], k, rel, result, hist
     else:
         core = _differentiable(grid, history_length)
 
-        def one(g):
-            f, k, rel, result, hist = core(g, psf, alpha, tol, max_iterations)
+        def one(g, root):
+            f, k, rel, result, hist = core(g, psf, alpha, tol, max_iterations, root)
             return f[grid.data_slices], k, rel, result, hist
 
     for _ in range(data.ndim - 3):
-        one = jax.vmap(one)
-    return one(data)
+        one = jax.vmap(one, in_axes=(0, None if root is None else 0))
+    return one(data, root)
 
 
-def _segments_local(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, batch: int):
-    """Segments (leading axis) restored ``batch`` at a time: vmap inside lax.map."""
+def _segments_local(stacked, psf, alpha, tol, max_iterations, roots=None, *, grid: Grid, batch: int):
+    """Segments (leading axis) restored ``batch`` at a time: vmap inside lax.map; ``roots``:
+    None, or each segment's weights' roots."""
     otf, lam = _prepare(stacked, psf, alpha, grid)
 
-    def one(g):
-        state = _start(g, otf, grid=grid, history_length=0)
-        state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=False)
-        f, k, rel, result, _ = _finish(state, otf, tol, grid=grid)
+    def one(pair):
+        g, op = _whitened(pair[0], otf, pair[1])
+        state = _start(g, op, grid=grid, history_length=0)
+        state = _advance(state, g, op, lam, tol, max_iterations, grid=grid, track=False)
+        f, k, rel, result, _ = _finish(state, op, tol, grid=grid)
         return f, k, rel, result
 
-    return jax.lax.map(one, stacked, batch_size=batch)
+    return jax.lax.map(one, (stacked, roots), batch_size=batch)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "batch", "mesh"))
-def _solve_segments(stacked, psf, alpha, tol, max_iterations, *, grid: Grid, batch: int, mesh=None):
+def _solve_segments(stacked, psf, alpha, tol, max_iterations, roots=None, *, grid: Grid, batch: int, mesh=None):
     """All segments in one compiled region; with a mesh, the segments are spread over its
     devices (shard_map over the segment axis) and every FFT stays on its device."""
     local = functools.partial(_segments_local, grid=grid, batch=batch)
     if mesh is None:
-        return local(stacked, psf, alpha, tol, max_iterations)
+        return local(stacked, psf, alpha, tol, max_iterations, roots)
     spec = jax.sharding.PartitionSpec("segments")
     replicated = jax.sharding.PartitionSpec()
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, replicated, replicated, replicated, replicated), out_specs=spec,
-        check_vma=False,
-    )(stacked, psf, alpha, tol, max_iterations)
+        local, mesh=mesh, in_specs=(spec, replicated, replicated, replicated, replicated, None if roots is None else spec),
+        out_specs=spec, check_vma=False,
+    )(stacked, psf, alpha, tol, max_iterations, roots)
 
 
 # The same restoration in steps, for progress reports between them (a callback inside the
 # compiled loop would keep it out of the persistent compilation cache).
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "history_length"))
-def _solve_start(data, psf, alpha, start=None, *, grid: Grid, history_length: int):
-    """The first state: from c = 0, or (``start``) from a neighbouring restoration's dual."""
-    otf, lam = _prepare(data, psf, alpha, grid)
-    if start is None:
-        begin = functools.partial(_start, otf=otf, grid=grid, history_length=history_length)
-        args = (data,)
-    else:
-        def begin(g, c):
-            return _warm_start(g, otf, lam, c, grid=grid)
+def _batched(function, ndim: int, *args):
+    """``function`` mapped over the leading (batch) axes of its arguments; None ones
+    (no weights, no start) are passed through."""
+    axes = tuple(None if a is None else 0 for a in args)
+    for _ in range(ndim - 3):
+        function = jax.vmap(function, in_axes=axes)
+    return function(*args)
 
-        args = (data, start)
-    for _ in range(data.ndim - 3):
-        begin = jax.vmap(begin)
-    return begin(*args), otf, lam
+
+@functools.partial(jax.jit, static_argnames=("grid", "history_length"))
+def _solve_start(data, psf, alpha, start=None, root=None, *, grid: Grid, history_length: int):
+    """The first state: from c = 0, or (``start``) from a neighbouring restoration's dual;
+    ``root``: the weights' roots, shaped like ``data`` (None: unweighted)."""
+    otf, lam = _prepare(data, psf, alpha, grid)
+
+    def begin(g, c, root):
+        g, op = _whitened(g, otf, root)
+        if c is None:
+            return _start(g, op, grid=grid, history_length=history_length)
+        return _warm_start(g, op, lam, c, grid=grid)
+
+    return _batched(begin, data.ndim, data, start, root), otf, lam
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "track"), donate_argnames=("state",))
-def _solve_advance(state, data, otf, lam, tol, until, *, grid: Grid, track: bool):
+def _solve_advance(state, data, otf, lam, tol, until, root=None, *, grid: Grid, track: bool):
     """Advance to ``until`` iterations; also the objective and active fraction there. The
     state given is used up (its buffers hold the new one: no second copy in memory)."""
 
-    def advance(state, g):
-        state = _advance(state, g, otf, lam, tol, until, grid=grid, track=track)
+    def advance(state, g, root):
+        g, op = _whitened(g, otf, root)
+        state = _advance(state, g, op, lam, tol, until, grid=grid, track=track)
         return state, _statistics(state, g, lam)
 
-    for _ in range(data.ndim - 3):
-        advance = jax.vmap(advance)
-    return advance(state, data)
+    return _batched(advance, data.ndim, state, data, root)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "crop"))
-def _solve_finish(state, otf, tol, *, grid: Grid, crop: bool = True):
+def _solve_finish(state, otf, tol, root=None, *, grid: Grid, crop: bool = True):
     """`_finish`; not ``crop``: f on the whole object grid, and the dual c after the rest."""
 
-    def finish(state):
-        out = _finish(state, otf, tol, grid=grid, crop=crop)
+    def finish(state, root):
+        out = _finish(state, weighted(otf, root), tol, grid=grid, crop=crop)
         return out if crop else (*out, state.c)
 
-    for _ in range(state.c.ndim - 3):
-        finish = jax.vmap(finish)
-    return finish(state)
+    return _batched(finish, state.c.ndim, state, root)
 
 
 def _solve_reporting(
     data, psf, alpha, tol, max_iterations: int, callback, interval: float | None, *, grid: Grid, history_length: int,
-    start=None, crop: bool = True,
+    start=None, crop: bool = True, root=None,
 ):
     """`_solve`, in chunks of iterations with ``callback`` called after each: every
     iteration, or (``interval`` seconds) as many iterations as take about that long; from
-    ``start`` (a dual) when given; not ``crop``: (f on the object grid, ..., the dual c)."""
-    state, otf, lam = _solve_start(data, psf, alpha, start, grid=grid, history_length=history_length)
+    ``start`` (a dual) when given; not ``crop``: (f on the object grid, ..., the dual c);
+    ``root``: the weights' roots (shaped like ``data``), or None."""
+    state, otf, lam = _solve_start(data, psf, alpha, start, root, grid=grid, history_length=history_length)
     chunk, done = 1, 0
     while True:
         began = time.perf_counter()
         until = min(done + chunk, max_iterations)
         state, (objective, active) = _solve_advance(
-            state, data, otf, lam, tol, jnp.asarray(until), grid=grid, track=history_length > 0
+            state, data, otf, lam, tol, jnp.asarray(until), root, grid=grid, track=history_length > 0
         )
         k = int(np.max(np.asarray(state.k)))
         rel = np.max(np.asarray(state.relative_gradient))
@@ -495,7 +510,7 @@ def _solve_reporting(
             per = (time.perf_counter() - began) / max(k - done, 1)
             chunk = max(1, min(1000, int(interval / max(per, 1e-6))))
         done = k
-    return _solve_finish(state, otf, tol, grid=grid, crop=crop)
+    return _solve_finish(state, otf, tol, root, grid=grid, crop=crop)
 
 
 def _float_dtype(*arrays: jax.Array) -> jnp.dtype:
@@ -519,7 +534,19 @@ def _pad3(pad: int | Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(p) for p in values)  # type: ignore[return-value]
 
 
-def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, factor, segment, overlap, memory_bytes, *, history, callback, throw, devices):
+def _weight_roots(weights: Any, g: jax.Array) -> jax.Array:
+    """The square roots of the data term's weights, shaped like ``g``, checked."""
+    w = to_jax(weights, "weights").astype(g.dtype)
+    if w.shape != g.shape and w.shape != g.shape[-3:]:
+        raise ParameterError(f"weights must be shaped like the data {tuple(g.shape)} (or one volume, {tuple(g.shape[-3:])}), got {tuple(w.shape)}")
+    if _concrete(w) and not bool(jnp.all(jnp.isfinite(w) & (w >= 0))):
+        raise ParameterError("weights must be finite and >= 0")
+    if _concrete(w) and not bool(jnp.any(w > 0)):
+        raise ParameterError("the weights are zero everywhere: no voxel is left to fit")
+    return jnp.broadcast_to(jnp.sqrt(w), g.shape)
+
+
+def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, factor, segment, overlap, memory_bytes, *, history, callback, throw, devices, root=None):
     from ._segments import cut, plan_segments, recompose
 
     if g.ndim != 3 or history or callback is not None:
@@ -532,7 +559,8 @@ def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, factor, segm
     )
     grid = make_grid((g.shape[0], *plan.segment), plan.pad, factor)
     f, k, rel, result = solve_segments(
-        cut(np.asarray(g), plan), h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices
+        cut(np.asarray(g), plan), h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices,
+        weights=None if root is None else cut(np.asarray(root) ** 2, plan),
     )
     value = recompose(f, plan.finer())
     worst = jnp.asarray(np.max(result))
@@ -555,11 +583,15 @@ def local_devices(devices: int | None) -> list[jax.Device]:
     return available[:n]
 
 
-def solve_segments(stacked, h, alpha, tol, max_iterations, *, grid: Grid, batch: int, devices: int | None = None, size: int | None = None):
+def solve_segments(
+    stacked, h, alpha, tol, max_iterations, *, grid: Grid, batch: int, devices: int | None = None, size: int | None = None,
+    weights=None,
+):
     """Restore a stack of segments (leading axis), ``batch`` at a time on each of ``devices``
     local devices; NumPy (f, iterations, relative gradient, result) per segment. ``size``:
     pad the stack to this many segments (the last repeated, then dropped), so that stacks of
-    any length up to it share one compiled function."""
+    any length up to it share one compiled function. ``weights``: the data term's weights,
+    stacked like the segments, or None."""
     count = len(stacked)
     chosen = local_devices(devices)[: max(1, count, size or 0)]
     n = len(chosen)
@@ -572,16 +604,24 @@ def solve_segments(stacked, h, alpha, tol, max_iterations, *, grid: Grid, batch:
         mesh = jax.make_mesh((n,), ("segments",), devices=chosen)
     else:
         total = max(count, size or 0)
+    roots = None if weights is None else np.sqrt(np.asarray(weights, np.float32))
     if total > count:
         stacked = np.concatenate([stacked, np.repeat(stacked[-1:], total - count, axis=0)])
-    if mesh is not None:
-        stacked = jax.device_put(stacked, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("segments")))
-    else:
-        stacked = jnp.asarray(stacked)  # on the default device
+        if roots is not None:
+            roots = np.concatenate([roots, np.repeat(roots[-1:], total - count, axis=0)])
+
+    def place(x):
+        if x is None:
+            return None
+        if mesh is not None:
+            return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("segments")))
+        return jnp.asarray(x)  # on the default device
+
+    stacked, roots = place(stacked), place(roots)
     dtype = stacked.dtype
     out = _solve_segments(
         stacked, jnp.asarray(h, dtype), jnp.asarray(alpha, dtype), jnp.asarray(tol, dtype), jnp.asarray(max_iterations),
-        grid=grid, batch=batch, mesh=mesh,
+        None if roots is None else roots.astype(dtype), grid=grid, batch=batch, mesh=mesh,
     )
     return tuple(np.asarray(x)[:count] for x in out)
 
@@ -617,6 +657,7 @@ def restore(
     devices: int | None = None,
     differentiate: str = "implicit",
     throw: bool = True,
+    weights: Any = None,
 ) -> Solution:
     """Restore a 3-D image by EPR: regularised, non-negative least squares (see the restoration page).
 
@@ -662,6 +703,11 @@ def restore(
             themselves (always ``max_iterations`` of them, each checkpointed; memory grows
             with them), for comparison. Forward-mode (`jax.jvp`) is not supported.
         throw: raise `EprjaxError` if the iteration broke down (non-finite values).
+        weights: the data term's weights W, per data voxel (shaped like ``data``, or one
+            (Z, Y, X) volume for every batch member), finite and >= 0: the misfit becomes
+            ||W^(1/2) (g - H f)||^2. The inverse noise variance, scaled to a mean of 1
+            (`noise_weights`), keeps alpha a noise-to-signal ratio; 0 leaves a voxel out
+            (saturated, dead). Differentiable, like the data.
 
     Returns:
         A `Solution`; ``.value`` is the restored object on the data grid, float32 (float64
@@ -694,6 +740,7 @@ def restore(
         check_psf(h)
     if _concrete(g) and not bool(jnp.all(jnp.isfinite(g))):
         raise ParameterError("the data hold NaN or infinite values")
+    root = None if weights is None else _weight_roots(weights, g)
     k = factor3(factor)
     fine_shape = tuple(n * f for n, f in zip(g.shape[-3:], k, strict=True))
     if pad is None and not _concrete(h):
@@ -701,7 +748,7 @@ def restore(
     if segment is not None:  # the plan pads its segments (a segment's inner edges need more)
         return _restore_segmented(
             data, g, h, alpha, tol, int(max_iterations), None if pad is None else _pad3(pad), k, segment, overlap, memory_bytes,
-            history=history, callback=callback, throw=throw, devices=devices,
+            history=history, callback=callback, throw=throw, devices=devices, root=root,
         )
     if pad is None:
         pad = default_pad(np.asarray(h), fine_shape)
@@ -716,7 +763,7 @@ def restore(
         raise ParameterError("differentiate='unrolled' takes no history or callback")
     if callback is None:
         f, k, rel, result, hist = _solve(
-            g, h, alpha_array, tol_array, jnp.asarray(max_iterations), grid=grid, history_length=history_length,
+            g, h, alpha_array, tol_array, jnp.asarray(max_iterations), root, grid=grid, history_length=history_length,
             unrolled=unrolled,
         )
     else:
@@ -724,7 +771,7 @@ def restore(
             raise ParameterError("a callback cannot be used under a JAX transformation (jit, grad, vmap)")
         f, k, rel, result, hist = _solve_reporting(
             g, h, alpha_array, tol_array, int(max_iterations), callback, callback_interval,
-            grid=grid, history_length=history_length,
+            grid=grid, history_length=history_length, root=root,
         )
     solution = Solution(
         value=f,

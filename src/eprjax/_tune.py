@@ -43,7 +43,7 @@ from ._arrays import to_jax
 from ._errors import EprjaxError, ParameterError
 from ._implicit import active_solve, implicit_gradients
 from ._noise import NoiseModel, estimate_noise
-from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf
+from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf, weighted
 
 CRITERIA = ("gcv", "sure", "discrepancy", "reference")
 NEEDS_NOISE = ("sure", "discrepancy")
@@ -148,8 +148,9 @@ def _trace_function(grid: Grid):
     derivative in alpha (the active set, from f, held fixed); solves to ``tol``, in at most
     the restoration's own iteration cap."""
 
-    def solves(alpha, h, f, probes, tol, max_iterations):
+    def solves(alpha, h, f, probes, tol, max_iterations, root):
         otf, s = psf_otf(h, grid)
+        otf = weighted(otf, root)
         lam = alpha * s * s * power_gain(grid)
         active = f > 0
 
@@ -162,43 +163,48 @@ def _trace_function(grid: Grid):
         return jnp.mean(quad), jnp.mean(ww) * s * s * power_gain(grid)
 
     @jax.custom_vjp
-    def trace(alpha, h, f, probes, tol, max_iterations):
-        return solves(alpha, h, f, probes, tol, max_iterations)[0]
+    def trace(alpha, h, f, probes, tol, max_iterations, root=None):
+        return solves(alpha, h, f, probes, tol, max_iterations, root)[0]
 
-    def fwd(alpha, h, f, probes, tol, max_iterations):
-        value, slope = solves(alpha, h, f, probes, tol, max_iterations)
+    def fwd(alpha, h, f, probes, tol, max_iterations, root=None):
+        value, slope = solves(alpha, h, f, probes, tol, max_iterations, root)
         return value, -slope
 
     def bwd(slope, cotangent):
-        return cotangent * slope, None, None, None, None, None
+        return cotangent * slope, None, None, None, None, None, None
 
     trace.defvjp(fwd, bwd)
     return trace
 
 
-def _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
-    """The sums a criterion is made of, at the restoration ``f`` (object grid) of ``g``."""
+def _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, root=None, *, grid: Grid, kind: str):
+    """The sums a criterion is made of, at the restoration ``f`` (object grid) of ``g``;
+    with weights (``root``, their square roots) the residual is W^(1/2) (g - H f), and
+    ``variance`` and ``probes`` are the weighted noise's."""
     otf, _ = psf_otf(h, grid)
     r = g - forward(otf, f, grid)
+    if root is not None:
+        r = root * r
     terms = {"rr": jnp.sum(r * r), "n": jnp.asarray(g.size, g.dtype), "noise": jnp.sum(jnp.broadcast_to(variance, g.shape))}
     if kind == "reference":
         d = f[grid.data_slices] - reference
         terms.update(error=jnp.sum(d * d), norm=jnp.sum(reference * reference))
     else:
-        terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations)
+        terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations, root)
     return terms
 
 
 def _over_segments(parts, g, variance, reference, *rest):
-    """``parts`` (a dict of sums) over one volume, or (a leading axis) over segments, added."""
+    """``parts`` (a dict of sums) over one volume, or (a leading axis) over segments, added
+    (None among ``rest``: no weights)."""
     if g.ndim == 4:
-        axes = (0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, *(0 for _ in rest))
+        axes = (0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, *(None if r is None else 0 for r in rest))
         terms = jax.vmap(parts, in_axes=axes)(g, variance, reference, *rest)
         return {k: jnp.sum(v) for k, v in terms.items()}
     return parts(g, variance, reference, *rest)
 
 
-def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations, root=None, *, grid: Grid, kind: str):
     """The criterion at alpha = exp(log_alpha), the restoration run inside (for optax's line
     search, which calls it as it goes)."""
     from ._restore import _differentiable
@@ -206,11 +212,11 @@ def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations
     alpha = jnp.exp(log_alpha)
     core = _differentiable(grid, 0)
 
-    def parts(g, variance, reference, probes):
-        f = core(g, h, alpha, tol, max_iterations)[0]
-        return _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+    def parts(g, variance, reference, probes, root):
+        f = core(g, h, alpha, tol, max_iterations, root)[0]
+        return _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, root, grid=grid, kind=kind)
 
-    terms = _over_segments(parts, g, variance, reference, probes)
+    terms = _over_segments(parts, g, variance, reference, probes, root)
     return _combine(terms, kind)
 
 
@@ -220,35 +226,38 @@ def _given(grid: Grid):
     from ._restore import GRADIENT_ITERATIONS, GRADIENT_TOLERANCE
 
     @jax.custom_vjp
-    def given(alpha, f, g, h, tol, max_iterations):
+    def given(alpha, f, g, h, tol, max_iterations, root):
         return f
 
-    def fwd(alpha, f, g, h, tol, max_iterations):
-        return f, (alpha, f, g, h, tol, max_iterations)
+    def fwd(alpha, f, g, h, tol, max_iterations, root):
+        return f, (alpha, f, g, h, tol, max_iterations, root)
 
     def bwd(residuals, cotangent):
-        alpha, f, g, h, tol, max_iterations = residuals
-        _, _, dalpha = implicit_gradients(
-            g, h, alpha, f, cotangent, grid=grid, tol=GRADIENT_TOLERANCE * tol,
+        alpha, f, g, h, tol, max_iterations, root = residuals
+        _, _, dalpha, _ = implicit_gradients(
+            g, h, alpha, f, cotangent, root, grid=grid, tol=GRADIENT_TOLERANCE * tol,
             max_iterations=jnp.maximum(GRADIENT_ITERATIONS, 4 * max_iterations),
         )
-        return dalpha, jnp.zeros_like(f), jnp.zeros_like(g), jnp.zeros_like(h), jnp.zeros_like(tol), None
+        return (
+            dalpha, jnp.zeros_like(f), jnp.zeros_like(g), jnp.zeros_like(h), jnp.zeros_like(tol), None,
+            None if root is None else jnp.zeros_like(root),
+        )
 
     given.defvjp(fwd, bwd)
     return given
 
 
-def _criterion_at(log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+def _criterion_at(log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, root=None, *, grid: Grid, kind: str):
     """The criterion at alpha = exp(log_alpha) for its restoration ``f`` (object grid; one
     per segment), differentiable in log alpha through f's implicit derivative."""
     alpha = jnp.exp(log_alpha)
     given = _given(grid)
 
-    def parts(g, variance, reference, probes, f):
-        f = given(alpha, f, g, h, tol, max_iterations)
-        return _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+    def parts(g, variance, reference, probes, f, root):
+        f = given(alpha, f, g, h, tol, max_iterations, root)
+        return _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, root, grid=grid, kind=kind)
 
-    terms = _over_segments(parts, g, variance, reference, probes, f)
+    terms = _over_segments(parts, g, variance, reference, probes, f, root)
     return _combine(terms, kind)
 
 
@@ -290,7 +299,7 @@ def _record(log_alpha, value) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "kind"))
-def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str):
+def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_iterations, root=None, *, grid: Grid, kind: str):
     """One step of `_optimiser` on the criterion, compiled once per shape and criterion."""
     import optax
 
@@ -298,7 +307,7 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
 
     def objective(x):
         x = jnp.clip(x, lo, hi)
-        value = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, grid=grid, kind=kind)
+        value = _criterion(x, g, h, probes, variance, reference, tol, max_iterations, root, grid=grid, kind=kind)
         jax.debug.callback(_record, x, value)
         return value**2 if kind == "discrepancy" else value  # a root, as a minimum
 
@@ -308,10 +317,10 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "kind", "slope"))
-def _value_and_slope(log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, *, grid: Grid, kind: str, slope: bool):
+def _value_and_slope(log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, root=None, *, grid: Grid, kind: str, slope: bool):
     """The criterion at the restoration ``f`` and (``slope``) its derivative in log alpha;
     compiled once per shape and criterion."""
-    args = (log_alpha, f, g, h, probes, variance, reference, tol, max_iterations)
+    args = (log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, root)
     if slope:
         return jax.value_and_grad(_criterion_at)(*args, grid=grid, kind=kind)
     return _criterion_at(*args, grid=grid, kind=kind), jnp.zeros_like(log_alpha)
@@ -436,6 +445,7 @@ def tune_alpha(
     callback: Callable[[float, float], None] | None = None,
     progress: Callable[[float, int, float], None] | None = None,
     max_seconds: float | None = None,
+    weights: Any = None,
 ) -> Tuning:
     """Choose alpha for ``restore(data, psf, alpha=...)`` from the data: a criterion over log
     alpha, solved for or minimised (see ``method``), with gradients by implicit
@@ -475,6 +485,9 @@ def tune_alpha(
         max_seconds: the budget: no trial starts after this many seconds, and one under
             way stops there once another has finished; the best alpha so far is returned,
             and ``.stopped`` says so. ``steps`` bounds the trials too.
+        weights: as for `restore`: the data term's weights, each trial restored with them;
+            the criteria then count the weighted residual against the weighted noise
+            (with W = 1 / variance, `noise_weights`, the discrepancy is a chi-square test).
 
     Returns:
         A `Tuning`: ``.alpha`` and the criterion along the way.
@@ -514,6 +527,13 @@ def tune_alpha(
         variance = jnp.asarray(noise_variance, dtype)
         if (variance.ndim != 0 and variance.shape != g.shape) or not bool(jnp.all(variance >= 0)):
             raise ParameterError("noise_variance must be one number >= 0 or one per data voxel")
+    root = None
+    if weights is not None:
+        from ._restore import _weight_roots
+
+        root = _weight_roots(weights, g)
+        if criterion in NEEDS_NOISE:
+            variance = root * root * variance  # the weighted residual's noise
     ref = jnp.zeros((), dtype)
     if criterion == "reference":
         if reference is None:
@@ -527,7 +547,7 @@ def tune_alpha(
     scaled = z * jnp.sqrt(jnp.expand_dims(variance, -4) if variance.ndim else variance) if criterion in NEEDS_NOISE else z
     if start is None and noise_variance is not None:
         # RNL^2, the originals' advice: the noise's power over the data's
-        start = float(np.clip(float(jnp.sum(jnp.broadcast_to(variance, g.shape))) / max(float(jnp.sum(g * g)), 1e-30), 1e-6, 1.0))
+        start = float(np.clip(float(jnp.sum(jnp.broadcast_to(variance, g.shape))) / max(float(jnp.sum(g * g) if root is None else jnp.sum((root * g) ** 2)), 1e-30), 1e-6, 1.0))
     log_alpha = jnp.asarray(math.log(start if start is not None else 1e-3), dtype)
     if not LOG_ALPHA_RANGE[0] <= float(log_alpha) <= LOG_ALPHA_RANGE[1]:
         raise ParameterError(f"start must be between {math.exp(LOG_ALPHA_RANGE[0]):g} and {math.exp(LOG_ALPHA_RANGE[1]):g}")
@@ -540,7 +560,7 @@ def tune_alpha(
             callback(alpha, value)
 
     lo, hi = LOG_ALPHA_RANGE
-    arrays = (g, h, scaled, variance, ref, jnp.asarray(tol, dtype), jnp.asarray(max_iterations))
+    arrays = (g, h, scaled, variance, ref, jnp.asarray(tol, dtype), jnp.asarray(max_iterations), root)
 
     # each trial restoration starts from the last one's dual c, scaled by the ratio of the
     # alphas (c = r / lam at the minimum, and the residual r changes slowly with alpha)
@@ -566,7 +586,7 @@ def tune_alpha(
         dual = None if warm["x"] is None else warm["dual"] * math.exp(warm["x"] - x)
         f, k, _, _, _, dual = _solve_reporting(
             g, h, jnp.asarray(math.exp(x), dtype), arrays[5], int(max_iterations), report, PROGRESS_INTERVAL,
-            grid=grid, history_length=0, start=dual, crop=False,
+            grid=grid, history_length=0, start=dual, crop=False, root=root,
         )
         value, d = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind=criterion, slope=slope)
         warm.update(x=x, dual=dual)
