@@ -28,11 +28,12 @@ from eprjax._stream import Source, Store, assemble, describe_share, prepare_stor
 from ._cluster import barrier, from_first, join_cluster
 from ._frame import RUN, Progress, check_output, command, history_line, log_to_file
 from ._inputs import read_inputs, rnl_from_history
-from ._tune import choose_alpha, tuning_sample
+from ._tune import NOISE_HELP, NOISE_MODES, Weighing, choose_alpha, noise_weighing, tuning_sample
 
 log = logging.getLogger("eprjax")
 
 AUTO = -1.0  # -sm auto, as a number
+NOISE_VOXELS = 1 << 26  # -noise poisson measures the noise on the whole first volume up to this size (about 1.5 GiB of filtering), else on segments
 SUPER_FACTOR, SUPER_ITERATIONS, SUPER_CONVERGENCE = 2, 300, 0.001  # super_epr's fixed settings (the originals')
 
 
@@ -114,9 +115,10 @@ def alpha_from_history(image: eprjax.Image, name: str) -> float:
 
 @dataclasses.dataclass
 class _Tune:
-    """-sm auto's settings (-budget)."""
+    """-sm auto's settings (-budget), and the data term (-noise)."""
 
     budget: float | None = None
+    noise: str = "gaussian"
 
 
 TUNE = _Tune()
@@ -204,14 +206,16 @@ def _run(
         log.info("-resume: nothing to resume; the volume is restored whole")
     chosen_by = ""
     volume = source.volume(0)
+    weighing = noise_weighing(volume, input, TUNE.noise)
     if alpha == AUTO:
         sample, sample_pad = tuning_sample(volume, h, pad_zyx, factor)
-        alpha, chosen_by = _tuned(sample, h, image, input, sample_pad, factor, convergence, iterations, chosen)
+        alpha, chosen_by = _tuned(sample, h, image, input, sample_pad, factor, convergence, iterations, chosen, weighing)
     progress = Progress(iterations, convergence, "")
     with jax.default_device(chosen):
         solution = eprjax.restore(
             volume, h, alpha=alpha, tol=convergence, max_iterations=iterations,
             pad=pad_zyx, factor=factor, callback=progress, callback_interval=None if RUN.debug else 0.25,
+            weights=None if weighing is None else weighing(volume),
         )
     log.info("%s", describe_grid(solution.grid))
     log.info("%s", progress.finish(solution))
@@ -219,16 +223,22 @@ def _run(
         log.info("%s", solution.message)
     _write(
         image, np.asarray(solution.value), target, factor,
-        f"epr: alpha {alpha:g}{chosen_by}, {int(solution.iterations)} iterations, {describe_grid(solution.grid)}",
+        f"epr: alpha {alpha:g}{chosen_by}{_weighed(weighing)}, {int(solution.iterations)} iterations, {describe_grid(solution.grid)}",
     )
 
 
-def _tuned(sample, h, image, input, pad, factor, convergence, iterations, chosen) -> tuple[float, str]:
+def _weighed(weighing: Weighing | None) -> str:
+    """For the history: how the data term was weighted."""
+    return "" if weighing is None else f", -noise poisson (1 / variance {weighing.source})"
+
+
+def _tuned(sample, h, image, input, pad, factor, convergence, iterations, chosen, weighing=None) -> tuple[float, str]:
     """-sm auto: alpha (to 4 digits) tuned on ``sample`` (a volume, or segments together),
     and how it was chosen, for the history."""
     with jax.default_device(chosen):
         tuning, chosen_by = choose_alpha(
             sample, h, image, input, pad=pad, factor=factor, tol=convergence, iterations=iterations, budget=TUNE.budget,
+            weighing=weighing,
         )
     return float(f"{tuning.alpha:.4g}"), f" {chosen_by} in {tuning.evaluations} trial restorations"
 
@@ -256,9 +266,21 @@ def _run_segments(
         "input": str(Path(input).resolve()), "input_bytes": stat.st_size, "input_modified_ns": stat.st_mtime_ns,
         "psf_sha1": hashlib.sha1(np.ascontiguousarray(h).tobytes()).hexdigest(), "smoothness": smoothness,
         "iterations": iterations, "convergence": convergence, "segment": list(plan.segment), "overlap": list(plan.overlap),
-        "pad": list(plan.pad), "factor": list(factor), "shape": list(source.shape),
+        "pad": list(plan.pad), "factor": list(factor), "shape": list(source.shape), "noise": TUNE.noise,
     }
     chosen_by = ""
+    sy, sx = plan.segment
+    weighing = None
+    if TUNE.noise != "gaussian":
+        # the noise model from the first volume (as a whole run measures it), or where that
+        # is too large to filter in memory, from its representative segments
+        if math.prod(source.shape[-3:]) <= NOISE_VOXELS:
+            region = source.volume(0)
+        else:
+            picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
+            region = np.stack([source.region(0, *plan.starts[i], sy, sx) for i in picked])
+        weighing = noise_weighing(region, input, TUNE.noise)
+        del region
     if alpha == AUTO:
         earlier = Store(folder).manifest() if big.resume else None
         if earlier is not None and "alpha" in earlier and earlier.get("smoothness") == smoothness:
@@ -268,11 +290,10 @@ def _run_segments(
             if first:
                 # one alpha for every volume and segment, tuned on a few representative
                 # segments of the first volume, together
-                sy, sx = plan.segment
                 picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
                 log.info("tuning on segments %s of %d (the brightest, and down to the median)", ", ".join(str(i + 1) for i in picked), plan.count)
                 sample = np.stack([source.region(0, *plan.starts[i], sy, sx) for i in picked])
-                alpha, chosen_by = _tuned(sample, h, image, input, plan.pad, factor, convergence, iterations, chosen)
+                alpha, chosen_by = _tuned(sample, h, image, input, plan.pad, factor, convergence, iterations, chosen, weighing)
             alpha = from_first(alpha if first else 0.0)
     manifest["alpha"] = alpha
     if first:
@@ -300,6 +321,7 @@ def _run_segments(
             solution = eprjax.restore(
                 volume, h, alpha=alpha, tol=convergence, max_iterations=iterations, pad=plan.pad, factor=factor,
                 callback=progress, callback_interval=None if RUN.debug else 0.25, throw=False,
+                weights=None if weighing is None else weighing(volume),
             )
             log.info("%s", progress.finish(solution))
             return np.asarray(solution.value), int(solution.iterations), float(solution.relative_gradient), int(solution.result)
@@ -308,7 +330,7 @@ def _run_segments(
         with jax.default_device(chosen):
             count = restore_into_store(
                 source, h, alpha=alpha, tol=convergence, max_iterations=iterations, plan=plan, store=store,
-                devices=big.devices, share=share, report=None if one else report, one=one,
+                devices=big.devices, share=share, report=None if one else report, one=one, weigh=weighing,
             )
     except BaseException:
         if store.finished():
@@ -327,7 +349,7 @@ def _run_segments(
         f" on {share[1]} processes" if share[1] > 1 else ""
     )
     log.info("segments: at most %d iterations, relative gradient at most %.2e", k, rel)
-    _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}, {k} iterations, {what}")
+    _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}{_weighed(weighing)}, {k} iterations, {what}")
     del result
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -394,6 +416,7 @@ Super = Annotated[
     ),
 ]
 SuperZ = Annotated[int, typer.Option("-superz", metavar="KZ", help="With -super: also KZ times finer in Z.")]
+Noise = Annotated[str, typer.Option("-noise", help=NOISE_HELP)]
 Budget = Annotated[
     float | None,
     typer.Option("-budget", metavar="SECONDS", help="With -sm auto: stop tuning after this many seconds, with the best alpha so far (said with a warning)."),
@@ -425,10 +448,13 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
         size: Size = None,
         spaced: Spaced = None,
         budget: Budget = None,
+        noise: Noise = "gaussian",
     ) -> None:
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise typer.BadParameter(f"must be > 0 seconds, got {budget}", param_hint="-budget")
-        TUNE.budget = budget
+        if noise not in NOISE_MODES:
+            raise typer.BadParameter(f"must be gaussian or poisson, got {noise!r}", param_hint="-noise")
+        TUNE.budget, TUNE.noise = budget, noise
         big = Big(segment, overlap, devices, memory, resume, coordinator, num_processes, process_id)
         _run(
             input, output, psf, smoothness, iterations, convergence, pad, device, big, (super_z, super_xy, super_xy),
@@ -462,5 +488,5 @@ def super_epr(input: Input, output: Output, psf: PsfFile, smoothness: Smoothness
     twice the voxels along Y and X, and half the voxel size. For other factors, iterations
     or padding, use epr -super K.
     """
-    TUNE.budget = None
+    TUNE.budget, TUNE.noise = None, "gaussian"
     _run(input, output, psf, smoothness, SUPER_ITERATIONS, SUPER_CONVERGENCE, None, None, factor=(1, SUPER_FACTOR, SUPER_FACTOR), gpu=False)

@@ -22,6 +22,52 @@ log = logging.getLogger("eprjax")
 TUNE_VOXELS = 1 << 21  # a volume larger than this is tuned on representative sub-volumes holding about this many
 TUNE_SHARE = 0.25  # ... and at most this share of its voxels: tuning then costs a bounded number of restorations
 TUNE_PIECES = 3
+NOISE_MODES = ("gaussian", "poisson")
+
+
+class Weighing:
+    """-noise poisson: each volume's or segment's data-term weights, 1 / variance of one
+    noise model, scaled by one number for the whole run (so that every piece shares alpha's
+    meaning)."""
+
+    def __init__(self, variance, scale: float, source: str) -> None:
+        self.variance = variance  # region -> per-voxel variance
+        self.scale = scale
+        self.source = source
+
+    def __call__(self, region: np.ndarray) -> np.ndarray:
+        return eprjax.noise_weights(self.variance(region), scale=self.scale)
+
+
+def noise_weighing(
+    volume: np.ndarray, name: str, mode: str, *, gain: float | None = None, read: float | None = None, offset: float = 0.0,
+) -> Weighing | None:
+    """The weights for ``-noise MODE`` (None for gaussian: every voxel alike): Poisson-Gaussian,
+    from the camera's numbers when given, else from the noise model measured on ``volume``."""
+    if mode not in NOISE_MODES:
+        raise typer.BadParameter(f"must be gaussian or poisson, got {mode!r}", param_hint="-noise")
+    if mode == "gaussian":
+        return None
+    if gain is not None and read is not None:
+        def variance(region):
+            return eprjax.camera_variance(region, gain=gain, read_noise=read, offset=offset)
+
+        source = f"camera gain {gain:g}, read noise {read:g}"
+    else:
+        try:
+            model = eprjax.estimate_noise(volume)
+        except eprjax.ParameterError as e:
+            raise eprjax.ParameterError(f"-noise poisson: the noise could not be measured on {name} ({e}); use -noise gaussian") from None
+        variance = model.voxel_variance
+        source = "measured on the data"
+    v = np.asarray(variance(volume), np.float64)
+    weighing = Weighing(variance, float(np.mean(1.0 / v)), source)
+    w = weighing(volume)
+    log.info(
+        "-noise poisson: the data term weighted by 1 / variance (%s); weights %.3g to %.3g, a mean of 1",
+        source, float(w.min()), float(w.max()),
+    )
+    return weighing
 
 
 def tuning_sample(volume: np.ndarray, h: np.ndarray, pad, factor) -> tuple[np.ndarray, object]:
@@ -65,6 +111,7 @@ def choose_alpha(
     start: float | None = None,
     method: str = "search",
     budget: float | None = None,
+    weighing: Weighing | None = None,
 ) -> tuple[eprjax.Tuning, str]:
     """Tune alpha on ``volume``; the noise from the camera (gain, read noise) when given, else
     measured on the data (and compared with the camera's, or with the RNL prepdata wrote into
@@ -126,7 +173,7 @@ def choose_alpha(
         return eprjax.tune_alpha(
             volume, h, criterion=criterion, noise_variance=variance, reference=reference, pad=pad, factor=factor,
             tol=tol, max_iterations=iterations, start=start, method=method, callback=show if RUN.verbose else None,
-            progress=progress, max_seconds=budget,
+            progress=progress, max_seconds=budget, weights=None if weighing is None else weighing(volume),
         )
 
     try:
@@ -144,6 +191,12 @@ def choose_alpha(
         log.warning("%s: %s", name, tuning.stopped)
     log.info("chose %s", tuning.describe())
     return tuning, f"chosen by {criterion}" + (f" ({source})" if source and criterion != "gcv" else "")
+
+
+NOISE_HELP = (
+    "The data term: gaussian (every voxel weighted alike: least squares) or poisson (each voxel weighted by 1 / its noise "
+    "variance, from -gain/-read when given, else from the noise model measured on the data: bright voxels, noisier, count less)."
+)
 
 
 def plot(tuning: eprjax.Tuning, path: str) -> Path:
@@ -201,6 +254,7 @@ def tune(
     method: Annotated[
         str, typer.Option("-method", help="search (default: the fastest and surest, see the docs) or optax (every criterion minimised by optax on its implicit gradient).")
     ] = "search",
+    noise: Annotated[str, typer.Option("-noise", help=NOISE_HELP)] = "gaussian",
 ) -> None:
     """Choose the smoothness alpha from the data, and print it.
 
@@ -220,6 +274,8 @@ def tune(
         raise typer.BadParameter(f"must be > 0 seconds, got {budget}", param_hint="-budget")
     if not 0 < convergence < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
+    if noise not in NOISE_MODES:
+        raise typer.BadParameter(f"must be gaussian or poisson, got {noise!r}", param_hint="-noise")
     image, _, source, h = read_inputs(input, psf)
     volume = source.volume(0)
     pad = None
@@ -231,9 +287,10 @@ def tune(
         ref = ref[None] if ref.ndim == 2 else ref
     if criterion == "reference" and ref is None:
         raise eprjax.ParameterError("-criterion reference needs -reference FILE")
+    weighing = noise_weighing(volume, input, noise, gain=gain, read=read, offset=offset)
     tuning, _ = choose_alpha(
         volume, h, image, input, criterion=criterion, gain=gain, read=read, offset=offset, reference=ref, pad=pad,
-        tol=convergence, iterations=iterations, start=start, method=method, budget=budget,
+        tol=convergence, iterations=iterations, start=start, method=method, budget=budget, weighing=weighing,
     )
     if plot_file is not None:
         log.info("wrote %s", plot(tuning, plot_file))

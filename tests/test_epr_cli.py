@@ -85,6 +85,7 @@ def test_several_volumes(prepared, capsys) -> None:
         (["-sm", "0.1", "-device", "tpu"], "-device: unknown device 'tpu'"),
         (["-sm", "0.1", "-device", "7"], "-device: no device '7'"),
         ([], "Missing option '-smoothness' / '-sm'"),
+        (["-sm", "0.1", "-noise", "laplace"], "Invalid value for -noise: must be gaussian or poisson, got 'laplace'"),
     ],
 )
 def test_bad_values(prepared, capsys, extra, message) -> None:
@@ -187,3 +188,33 @@ def test_segments_on_the_command_line(prepared, capsys) -> None:
     assert "the whole volume fits in memory" in err
     code, err = run(epr_main, ["-psf", "psf_prep", "-sm", "1e-3", "-devices", "0", "image_prep", "x"], capsys)
     assert code == 2 and "Invalid value for -devices: must be >= 1" in err
+
+
+def test_noise_weighted_on_the_command_line(workdir: Path, monkeypatch, capsys) -> None:
+    """-noise poisson: the data term weighted by 1 / the variance measured on the data, as
+    the API does it; the same through segments (the weights cut with them, one scale); the
+    history says so; tune takes it too."""
+    from eprjax._simulate import camera_stack
+
+    monkeypatch.setenv("EPRJAX_CACHE_DIR", str(workdir / "cache"))
+    psf = gaussian_psf((11, 11, 11), (2.0, 1.5, 1.5))
+    st = camera_stack((12, 40, 40), psf, peak_photons=500.0, background_photons=3.0, seed=4)
+    g = (st.counts - st.offset).astype(np.float32)
+    eprjax.write("psf_prep.i2i", psf, voxel_size_um=VOXEL)
+    eprjax.write("raw.i2i", g, voxel_size_um=VOXEL)
+    code, err = run(epr_main, ["-V", "-psf", "psf_prep", "-sm", "1e-3", "-co", "1e-4", "-noise", "poisson", "raw", "w"], capsys)
+    assert code == 0, err
+    assert "-noise poisson: the data term weighted by 1 / variance (measured on the data)" in err
+    weights = eprjax.noise_weights(eprjax.estimate_noise(g).voxel_variance(g))
+    want = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, weights=weights).value
+    plain = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4).value
+    out = np.asarray(eprjax.read("w"))
+    assert np.abs(out - want).max() < 1e-3 * float(want.max())
+    assert np.abs(out - plain).max() > 1e-2 * float(want.max())  # the weights made a difference
+    assert "-noise poisson (1 / variance measured on the data)" in eprjax.read("w").history[-1]
+    code, err = run(epr_main, ["-psf", "psf_prep", "-sm", "1e-3", "-co", "1e-4", "-noise", "poisson", "-segment", "24", "24", "-overlap", "16", "16", "raw", "ws"], capsys)
+    assert code == 0, err
+    assert np.abs(np.asarray(eprjax.read("ws")) - want).max() < 0.05 * float(want.max())
+    assert "-noise poisson" in eprjax.read("ws").history[-1]
+    code, err = run(main, ["tune", "-psf", "psf_prep", "-noise", "poisson", "raw"], capsys)
+    assert code == 0, err

@@ -185,14 +185,16 @@ def restore_into_store(
     share: tuple[int, int] = (0, 1),
     report: Callable[[int, int], None] | None = None,
     one: Callable[[np.ndarray, int], tuple[np.ndarray, int, float, int]] | None = None,
+    weigh: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> int:
     """Restore this process's share of the segments of every volume that the store does not
     hold yet, a chunk (``plan.batch`` segments on each device) at a time, saving each as it
     is done. Every chunk has the same size (the last is padded), so that one compiled
     function serves the run. ``report(done, total)`` after each chunk. ``one(segment,
     volume)``: restore each segment by this instead, one at a time (for progress reports as
-    it iterates); it returns (f, iterations, relative gradient, result). Returns how many
-    segments were restored."""
+    it iterates); it returns (f, iterations, relative gradient, result). ``weigh(segment)``:
+    the data term's weights for a segment (None: unweighted). Returns how many segments
+    were restored."""
     grid = make_grid((plan.data_shape[0], *plan.segment), plan.pad, plan.factor)
     mine = my_segments(plan, source.count, share)
     todo = [(t, i) for t, i in mine if not store.has(t, i)]
@@ -208,7 +210,8 @@ def restore_into_store(
         pairs = todo[start : start + chunk]
         stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in pairs])
         f, k, rel, result = solve_segments(
-            stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=chunk
+            stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=chunk,
+            weights=None if weigh is None else np.stack([weigh(s) for s in stacked]),
         )
         del stacked
         for j, (t, i) in enumerate(pairs):

@@ -48,7 +48,9 @@ from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, 
 CRITERIA = ("gcv", "sure", "discrepancy", "reference")
 NEEDS_NOISE = ("sure", "discrepancy")
 LOG_ALPHA_RANGE = (math.log(1e-9), math.log(10.0))
-ROOT_TOLERANCE = 0.01  # |log(residual / its expected value)|: 1 %
+ROOT_TOLERANCE = 0.01  # the root sought: log(residual / its expected value) = this (1 % above) ...
+ROOT_BAND = 0.03  # ... found once within this of it (measured: 3 % in the ratio moves alpha by a factor of about 1.5 near the root, the NRMSE by 1 to 2 %) ...
+ROOT_STEP = math.log(1.5)  # ... and, by L's slope, within this of the root in log alpha
 DISCREPANCY_LOWEST = math.log(1e-7)  # below, trial restorations rarely converge: the residual stops falling
 DECADE = math.log(10.0)
 MAX_DECADES = 3.0  # the longest step, in decades of alpha
@@ -57,6 +59,11 @@ LINE_SEARCH_STEPS = 5
 CURVATURE = 0.3  # the line search stops where the slope has fallen to this share
 GRADIENT_TOLERANCE = 1e-3  # d criterion / d log alpha
 STEP_TOLERANCE = 0.1  # in log alpha: 10 %
+TRACE_TOLERANCE = 0.03  # the trace's solves stop at this relative residual (or the trials' own, if tighter): measured, the trace moves by 3e-4 of itself from 1e-4 to 0.03, at half the cost
+FLOOR_SLOPE = 0.025  # d log(residual / expected) / d log alpha under which, still above the target, the residual has a floor (the shared light-sheet stack: 0.019 over three decades; the noise's roots in simulations: 0.06 to 0.13)
+FLOOR_MARGIN = 0.02  # ... and the alpha chosen is the largest within 2 % of the floor
+NEAR_STRETCH = 1.25  # within FAR of the root, Newton steps this much longer than Newton's
+FAR = 0.2  # |log(residual / its expected value)| beyond which a discrepancy trial's trace may be bounded by the last one's
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports (and chances to stop) in a trial
 
 
@@ -75,6 +82,9 @@ class Tuning:
         iterations: each trial restoration's iterations (search method).
         trial_seconds: each trial's time, its criterion included (search method).
         stopped: why the tuning ended before its criterion was settled (the budget), or None.
+        floor: the discrepancy only: where the residual levelled off above its expected
+            value (the model's misfit, not the noise), that ratio; the alpha chosen is then
+            the largest within `FLOOR_MARGIN` of it. None: it reached the noise.
     """
 
     alpha: float
@@ -87,12 +97,17 @@ class Tuning:
     iterations: np.ndarray | None = None
     trial_seconds: np.ndarray | None = None
     stopped: str | None = None
+    floor: float | None = None
 
     def describe(self) -> str:
         best = int(np.argmin(np.abs(self.alphas - self.alpha)))
         return (
             f"alpha {self.alpha:.4g} by {self.criterion} ({UNITS[self.criterion]} {shown(self.criterion, self.values[best]):.4g}), "
             f"{self.evaluations} restorations, {self.seconds:.1f} s" + (f"; {self.stopped}" if self.stopped else "")
+            + (
+                f"; the residual levels off at {self.floor:.3g} times its expected value (what the model cannot fit, not the noise): "
+                "the largest alpha within 2 % of that floor" if self.floor is not None else ""
+            )
         )
 
     def table(self) -> list[str]:
@@ -189,8 +204,9 @@ def _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, roo
     if kind == "reference":
         d = f[grid.data_slices] - reference
         terms.update(error=jnp.sum(d * d), norm=jnp.sum(reference * reference))
-    else:
-        terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, tol, max_iterations, root)
+    elif kind != "residual":  # the residual alone: the discrepancy with its trace known
+        loose = jnp.maximum(tol, TRACE_TOLERANCE)
+        terms["trace"] = _trace_function(grid)(alpha, h, jax.lax.stop_gradient(f), probes, loose, max_iterations, root)
     return terms
 
 
@@ -223,8 +239,6 @@ def _criterion(log_alpha, g, h, probes, variance, reference, tol, max_iterations
 @functools.cache
 def _given(grid: Grid):
     """f, as restored elsewhere, with its implicit derivative in alpha (`_implicit`)."""
-    from ._restore import GRADIENT_ITERATIONS, GRADIENT_TOLERANCE
-
     @jax.custom_vjp
     def given(alpha, f, g, h, tol, max_iterations, root):
         return f
@@ -234,9 +248,9 @@ def _given(grid: Grid):
 
     def bwd(residuals, cotangent):
         alpha, f, g, h, tol, max_iterations, root = residuals
+        # the slope steers Newton steps: a few percent will do (as for the trace)
         _, _, dalpha, _ = implicit_gradients(
-            g, h, alpha, f, cotangent, root, grid=grid, tol=GRADIENT_TOLERANCE * tol,
-            max_iterations=jnp.maximum(GRADIENT_ITERATIONS, 4 * max_iterations),
+            g, h, alpha, f, cotangent, root, grid=grid, tol=jnp.maximum(tol, TRACE_TOLERANCE), max_iterations=max_iterations,
         )
         return (
             dalpha, jnp.zeros_like(f), jnp.zeros_like(g), jnp.zeros_like(h), jnp.zeros_like(tol), None,
@@ -258,10 +272,12 @@ def _criterion_at(log_alpha, f, g, h, probes, variance, reference, tol, max_iter
         return _terms(alpha, f, g, h, probes, variance, reference, tol, max_iterations, root, grid=grid, kind=kind)
 
     terms = _over_segments(parts, g, variance, reference, probes, f, root)
-    return _combine(terms, kind)
+    return _combine(terms, kind), terms
 
 
 def _combine(t, kind: str):
+    if kind == "residual":
+        return jnp.log(t["rr"])
     if kind == "reference":
         return jnp.log(t["error"] / t["norm"])
     if kind == "discrepancy":
@@ -318,70 +334,135 @@ def _tuning_step(log_alpha, state, g, h, probes, variance, reference, tol, max_i
 
 @functools.partial(jax.jit, static_argnames=("grid", "kind", "slope"))
 def _value_and_slope(log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, root=None, *, grid: Grid, kind: str, slope: bool):
-    """The criterion at the restoration ``f`` and (``slope``) its derivative in log alpha;
-    compiled once per shape and criterion."""
+    """The criterion at the restoration ``f``, (``slope``) its derivative in log alpha, and
+    the sums it is made of; compiled once per shape and criterion. ``kind`` may also be
+    "residual": log ||r||^2 alone, for a discrepancy whose trace is known."""
     args = (log_alpha, f, g, h, probes, variance, reference, tol, max_iterations, root)
     if slope:
-        return jax.value_and_grad(_criterion_at)(*args, grid=grid, kind=kind)
-    return _criterion_at(*args, grid=grid, kind=kind), jnp.zeros_like(log_alpha)
+        (value, terms), d = jax.value_and_grad(_criterion_at, has_aux=True)(*args, grid=grid, kind=kind)
+        return value, d, terms
+    value, terms = _criterion_at(*args, grid=grid, kind=kind)
+    return value, jnp.zeros_like(log_alpha), terms
 
 
-def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> None:
-    """The root of an increasing function L(x) of x = log alpha: until the root is
-    bracketed, Newton steps with L's slope, doubled (at least half a decade, at most
-    `MAX_DECADES` up and `MAX_DECADES_DOWN` down) so as to step over it; then secant steps on L's values inside the bracket
-    (Anderson-Bjorck); until |L| < `ROOT_TOLERANCE` or the bracket is narrower than
-    `STEP_TOLERANCE`. ``evaluate(x, slope)`` gives L and, when asked, its slope.
+def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> tuple[float, float | None]:
+    """The root of an increasing function L(x) of x = log alpha, L = log(residual / its
+    expected value). Until the root is bracketed, Newton steps with L's slope, doubled (at
+    least half a decade, at most `MAX_DECADES` up and `MAX_DECADES_DOWN` down) so as to step
+    over it, or within `FAR` of it only `NEAR_STRETCH` times Newton's; then secant steps on
+    L's values inside the bracket (Anderson-Bjorck); until L is within `ROOT_BAND` of the
+    target or the bracket is narrower than `STEP_TOLERANCE`. ``evaluate(x, slope)`` gives L
+    and, when asked, its slope. Returns (the x chosen, the floor or None).
 
-    The root sought is L = `ROOT_TOLERANCE` (the residual 1 % above its expected value), so
+    The target is L = `ROOT_TOLERANCE` (the residual 1 % above its expected value), so
     that where L stays near 0 over a range (little signal: any alpha there fits the data to
-    the noise) the most regularised alpha consistent with the data is taken."""
-    inner = evaluate
+    the noise) the most regularised alpha consistent with the data is taken.
 
-    def evaluate(x, slope):
-        value, d = inner(x, slope)
-        return value - ROOT_TOLERANCE, d
+    A floor: where, going down in alpha, L is still above the target but hardly falls any
+    more (slope under `FLOOR_SLOPE`), the residual is set by what the model cannot fit (the
+    PSF's mismatch, the field's edges), not by the noise, and smaller alphas only fit the
+    noise closer elsewhere. The target then becomes the floor plus `FLOOR_MARGIN`: the
+    largest alpha whose residual is within that of the floor."""
+    target = ROOT_TOLERANCE
+    points: list[tuple[float, float]] = []
+    floor = None
+
+    def at(x, slope):
+        value, d = evaluate(x, slope)
+        points.append((x, value))
+        return value, d
+
+    def bracket():
+        """The nearest points below and above the target."""
+        under = [(x, v - target) for x, v in points if v - target < 0]
+        over = [(x, v - target) for x, v in points if v - target > 0]
+        return (max(under) if under else None), (min(over) if over else None)
+
+    def settled(L, slope):
+        """Within the band, and (where L's slope is known: Newton's or the bracket's) no
+        further than `ROOT_STEP` in log alpha from the root by it: where L is flat, a small
+        L still leaves alpha loose."""
+        return abs(L) < ROOT_BAND and not (slope > 0 and abs(L) / slope > ROOT_STEP)
 
     x = x0
-    value, slope = evaluate(x, True)
-    below = above = None  # (x, L) with L < 0, L > 0
+    value, slope = at(x, True)
+    below = above = None
     for _ in range(steps):
-        if abs(value) < ROOT_TOLERANCE:
-            return
-        if value < 0:
-            below = (x, value)
+        L = value - target
+        if settled(L, slope):
+            return x, floor
+        if L < 0:
+            below = (x, L)
         else:
-            above = (x, value)
+            above = (x, L)
         bracketed = below is not None and above is not None
+        if not bracketed and floor is None and L > 0 and 0 <= slope < FLOOR_SLOPE and x < points[0][0]:
+            floor = value
+            target = value + FLOOR_MARGIN
+            below, above = bracket()
+            if above is None:  # every trial is within the margin of the floor: the largest alpha
+                return max(points)[0], floor
+            bracketed = True
         if bracketed:
             (xa, la), (xb, lb) = below, above
             if abs(xb - xa) < STEP_TOLERANCE:
-                return
+                break
             nx = xa - la * (xb - xa) / (lb - la)
         else:
-            newton = -value / slope if slope > 0 else math.copysign(MAX_DECADES * DECADE, -value)
+            newton = -L / slope if slope > 0 else math.copysign(MAX_DECADES * DECADE, -L)
             longest = (MAX_DECADES if newton > 0 else MAX_DECADES_DOWN) * DECADE
-            nx = x + math.copysign(min(max(2 * abs(newton), 0.5 * DECADE), longest), newton)
+            if abs(L) < FAR and slope > 0:
+                # near: the Newton step, a little longer (to bracket the root if it misses)
+                nx = x + math.copysign(min(NEAR_STRETCH * abs(newton), longest), newton)
+            else:
+                nx = x + math.copysign(min(max(2 * abs(newton), 0.5 * DECADE), longest), newton)
         nx = float(np.clip(nx, lo, hi))
         if nx == x:
             break  # at the end of the range
         x = nx
-        value, slope = evaluate(x, not bracketed)
+        value, slope = at(x, not bracketed)
+        L = value - target
         if bracketed:  # Anderson-Bjorck: keep the secant from stalling on one side
-            if value < 0:
-                m = 1 - value / below[1]
+            slope = (above[1] - below[1]) / (above[0] - below[0])  # the bracket's
+            if L < 0:
+                m = 1 - L / below[1]
                 above = (above[0], above[1] * (m if m > 0 else 0.5))
             else:
-                m = 1 - value / above[1]
+                m = 1 - L / above[1]
                 below = (below[0], below[1] * (m if m > 0 else 0.5))
         elif slope <= 0:
             break  # not increasing here: the trial restorations stopped short of converging
-    if value < 0:
-        below = below or (x, value)
-    else:
-        above = above or (x, value)
-    if abs(value) >= ROOT_TOLERANCE and (below is None or above is None):
-        raise _NoRoot(value)
+    if abs(value - target) < ROOT_BAND:
+        return x, floor  # (L's slope aside: the search ended)
+    below, above = bracket()
+    if below is not None and above is not None:
+        return min(points, key=lambda p: abs(p[1] - target))[0], floor
+    if below is None:
+        # above the target everywhere: a floor after all (the slope never said so clearly)
+        lowest = min(v for _, v in points)
+        if lowest > ROOT_TOLERANCE + ROOT_BAND and len(points) > 1 and (floor is not None or _flat(points)):
+            return max(x for x, v in points if v <= lowest + FLOOR_MARGIN), lowest
+    raise _NoRoot(value)
+
+
+def _best_so_far(xs: np.ndarray, values: np.ndarray) -> int:
+    """Which discrepancy trial to keep when the search stopped early: the one nearest the
+    target when some lie on either side of it; above it everywhere, the largest alpha within
+    `FLOOR_MARGIN` of the lowest residual (a floor, as `_root` takes it); below it
+    everywhere, the largest alpha."""
+    over = values > ROOT_TOLERANCE
+    if over.all():
+        return int(np.argmax(np.where(values <= values.min() + FLOOR_MARGIN, xs, -np.inf)))
+    if not over.any():
+        return int(np.argmax(xs))
+    return int(np.argmin(np.abs(values - ROOT_TOLERANCE)))
+
+
+def _flat(points) -> bool:
+    """Whether the two smallest alphas tried give nearly the same L (under `FLOOR_SLOPE`
+    per unit of log alpha between them): a floor."""
+    (xa, va), (xb, vb) = sorted(points)[:2]
+    return xb > xa and (vb - va) / (xb - xa) < FLOOR_SLOPE
 
 
 class _NoRoot(Exception):
@@ -572,7 +653,12 @@ def tune_alpha(
         if max_seconds is not None and seen and time.perf_counter() - began > max_seconds:
             raise _Budget
 
+    known: dict[str, Any] = {"x": math.inf, "trace": 0.0}  # the last trace computed, and where (at alpha = inf it is 0)
+    noise_total = float(jnp.sum(jnp.broadcast_to(variance, g.shape)))
+
     def evaluate(x: float, slope: bool = False) -> tuple[float, float]:
+        """The criterion at alpha = exp(x), from a trial restoration started from the last
+        one's dual."""
         from ._restore import _solve_reporting
 
         spent()
@@ -588,14 +674,29 @@ def tune_alpha(
             g, h, jnp.asarray(math.exp(x), dtype), arrays[5], int(max_iterations), report, PROGRESS_INTERVAL,
             grid=grid, history_length=0, start=dual, crop=False, root=root,
         )
-        value, d = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind=criterion, slope=slope)
+        done = int(np.max(np.asarray(k)))
+        value = None
+        if criterion == "discrepancy":
+            # the trace changes slowly with alpha and falls as it grows: the last trial's is a
+            # bound on this one's (from below when alpha went down, from above when up); where
+            # even with it the residual is far from its expected value, the trace's solve is
+            # spared (the Newton step needs only the residual's slope)
+            log_rr, d, _ = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind="residual", slope=slope)
+            guess = float(log_rr) - math.log(max(noise_total - known["trace"], 1e-30))
+            if (guess - ROOT_TOLERANCE > FAR and x < known["x"]) or (guess - ROOT_TOLERANCE < -FAR and x > known["x"]):
+                value = guess
+        if value is None:
+            value, d, terms = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind=criterion, slope=slope)
+            if criterion == "discrepancy":
+                known.update(x=x, trace=float(terms["trace"]))
         warm.update(x=x, dual=dual)
         value, d = float(value), float(d)
-        trials.append((int(np.max(np.asarray(k))), time.perf_counter() - started))
+        trials.append((done, time.perf_counter() - started))
         record(math.exp(x), value)
         return value, d
 
     stopped = None
+    choice = floor = None
     if criterion == "reference" or method == "optax":
         state = _optimiser().init(log_alpha)
         _RECORDERS.append(record)
@@ -610,7 +711,7 @@ def tune_alpha(
     else:
         try:
             if criterion == "discrepancy":
-                _root(evaluate, max(float(log_alpha), DISCREPANCY_LOWEST), DISCREPANCY_LOWEST, hi, int(steps))
+                choice, floor = _root(evaluate, max(float(log_alpha), DISCREPANCY_LOWEST), DISCREPANCY_LOWEST, hi, int(steps))
             else:
                 _minimum(evaluate, float(log_alpha), lo, hi, int(steps))
         except _Budget:
@@ -627,9 +728,14 @@ def tune_alpha(
 
     alphas = np.array([a for a, _ in seen])
     values = np.array([v for _, v in seen])
-    best = int(np.argmin(np.abs(values - ROOT_TOLERANCE) if criterion == "discrepancy" else values))
+    if criterion == "discrepancy" and choice is not None:
+        best = int(np.argmin(np.abs(np.log(alphas) - choice)))
+    elif criterion == "discrepancy":  # the budget ran out: the best so far, floors counted
+        best = _best_so_far(np.log(alphas), values)
+    else:
+        best = int(np.argmin(values))
     return Tuning(
-        alpha=float(alphas[best]), criterion=criterion, alphas=alphas, values=values,
+        alpha=float(alphas[best]), criterion=criterion, alphas=alphas, values=values, floor=None if floor is None else math.exp(floor),
         evaluations=len(seen), seconds=time.perf_counter() - began, noise=measured,
         iterations=np.array([k for k, _ in trials] or [0] * len(seen), dtype=np.int64),
         trial_seconds=np.array([t for _, t in trials] or [math.nan] * len(seen)), stopped=stopped,
