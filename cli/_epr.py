@@ -118,7 +118,7 @@ class _Tune:
     """-sm auto's settings (-budget), and the data term (-noise)."""
 
     budget: float | None = None
-    noise: str = "gaussian"
+    noise: str = "auto"
 
 
 TUNE = _Tune()
@@ -229,7 +229,7 @@ def _run(
 
 def _weighed(weighing: Weighing | None) -> str:
     """For the history: how the data term was weighted."""
-    return "" if weighing is None else f", -noise poisson (1 / variance {weighing.source})"
+    return "" if weighing is None else f", weighted by 1 / the noise variance ({weighing.source})"
 
 
 def _tuned(sample, h, image, input, pad, factor, convergence, iterations, chosen, weighing=None) -> tuple[float, str]:
@@ -448,12 +448,12 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
         size: Size = None,
         spaced: Spaced = None,
         budget: Budget = None,
-        noise: Noise = "gaussian",
+        noise: Noise = "auto",
     ) -> None:
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise typer.BadParameter(f"must be > 0 seconds, got {budget}", param_hint="-budget")
         if noise not in NOISE_MODES:
-            raise typer.BadParameter(f"must be gaussian or poisson, got {noise!r}", param_hint="-noise")
+            raise typer.BadParameter(f"must be auto, gaussian or poisson, got {noise!r}", param_hint="-noise")
         TUNE.budget, TUNE.noise = budget, noise
         big = Big(segment, overlap, devices, memory, resume, coordinator, num_processes, process_id)
         _run(

@@ -22,7 +22,8 @@ log = logging.getLogger("eprjax")
 TUNE_VOXELS = 1 << 21  # a volume larger than this is tuned on representative sub-volumes holding about this many
 TUNE_SHARE = 0.25  # ... and at most this share of its voxels: tuning then costs a bounded number of restorations
 TUNE_PIECES = 3
-NOISE_MODES = ("gaussian", "poisson")
+NOISE_MODES = ("auto", "gaussian", "poisson")
+WEIGHT_SPAN = 8.0  # -noise auto weights where the noise variance spans more than this (measured in benchmarks/weighted.py: a span of 4 lost 2 % NRMSE by weighting, 10 gained 1.5 %, 20 and 50 gained 5.5 and 12 %)
 
 
 class Weighing:
@@ -43,9 +44,11 @@ def noise_weighing(
     volume: np.ndarray, name: str, mode: str, *, gain: float | None = None, read: float | None = None, offset: float = 0.0,
 ) -> Weighing | None:
     """The weights for ``-noise MODE`` (None for gaussian: every voxel alike): Poisson-Gaussian,
-    from the camera's numbers when given, else from the noise model measured on ``volume``."""
+    from the camera's numbers when given, else from the noise model measured on ``volume``;
+    auto: poisson where that variance spans over `WEIGHT_SPAN` times (the brightest 1 % of
+    voxels against the darkest), else gaussian."""
     if mode not in NOISE_MODES:
-        raise typer.BadParameter(f"must be gaussian or poisson, got {mode!r}", param_hint="-noise")
+        raise typer.BadParameter(f"must be auto, gaussian or poisson, got {mode!r}", param_hint="-noise")
     if mode == "gaussian":
         return None
     if gain is not None and read is not None:
@@ -57,15 +60,25 @@ def noise_weighing(
         try:
             model = eprjax.estimate_noise(volume)
         except eprjax.ParameterError as e:
+            if mode == "auto":
+                log.info("-noise auto: the noise could not be measured on %s (%s): every voxel weighted alike", name, e)
+                return None
             raise eprjax.ParameterError(f"-noise poisson: the noise could not be measured on {name} ({e}); use -noise gaussian") from None
         variance = model.voxel_variance
         source = "measured on the data"
     v = np.asarray(variance(volume), np.float64)
+    span = float(np.quantile(v, 0.99) / max(float(v.min()), 1e-300))
+    if mode == "auto" and span <= WEIGHT_SPAN:
+        log.info(
+            "-noise auto: the noise variance (%s) spans %.3g times from the darkest voxels to the brightest 1 %%, "
+            "under %g: every voxel weighted alike (gaussian)", source, span, WEIGHT_SPAN,
+        )
+        return None
     weighing = Weighing(variance, float(np.mean(1.0 / v)), source)
     w = weighing(volume)
     log.info(
-        "-noise poisson: the data term weighted by 1 / variance (%s); weights %.3g to %.3g, a mean of 1",
-        source, float(w.min()), float(w.max()),
+        "-noise %s: the data term weighted by 1 / variance (%s; it spans %.3g times); weights %.3g to %.3g, a mean of 1",
+        mode, source, span, float(w.min()), float(w.max()),
     )
     return weighing
 
@@ -194,8 +207,10 @@ def choose_alpha(
 
 
 NOISE_HELP = (
-    "The data term: gaussian (every voxel weighted alike: least squares) or poisson (each voxel weighted by 1 / its noise "
-    "variance, from -gain/-read when given, else from the noise model measured on the data: bright voxels, noisier, count less)."
+    "The data term: gaussian (every voxel weighted alike: least squares), poisson (each voxel weighted by 1 / its noise "
+    "variance, from -gain/-read when given, else from the noise model measured on the data: bright voxels, noisier, count less), "
+    "or auto (default): poisson where that variance spans over 8 times across the data (photon-counting data with bright "
+    "structures), else gaussian."
 )
 
 
@@ -216,6 +231,8 @@ def plot(tuning: eprjax.Tuning, path: str) -> Path:
     ax.semilogx([tuning.alpha], [values[chosen]], "o", color="crimson", ms=8, label=f"chosen: {tuning.alpha:.3g}")
     if tuning.criterion == "discrepancy":
         ax.axhline(1, color="0.7", lw=0.8)
+        if tuning.floor is not None:
+            ax.axhline(tuning.floor, color="0.7", lw=0.8, ls="--", label=f"floor {tuning.floor:.3g}")
     ax.set_xlabel("alpha (-sm)")
     ax.set_ylabel(UNITS[tuning.criterion])
     ax.legend(frameon=False)
@@ -254,7 +271,7 @@ def tune(
     method: Annotated[
         str, typer.Option("-method", help="search (default: the fastest and surest, see the docs) or optax (every criterion minimised by optax on its implicit gradient).")
     ] = "search",
-    noise: Annotated[str, typer.Option("-noise", help=NOISE_HELP)] = "gaussian",
+    noise: Annotated[str, typer.Option("-noise", help=NOISE_HELP)] = "auto",
 ) -> None:
     """Choose the smoothness alpha from the data, and print it.
 
@@ -275,7 +292,7 @@ def tune(
     if not 0 < convergence < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
     if noise not in NOISE_MODES:
-        raise typer.BadParameter(f"must be gaussian or poisson, got {noise!r}", param_hint="-noise")
+        raise typer.BadParameter(f"must be auto, gaussian or poisson, got {noise!r}", param_hint="-noise")
     image, _, source, h = read_inputs(input, psf)
     volume = source.volume(0)
     pad = None

@@ -85,7 +85,7 @@ def test_several_volumes(prepared, capsys) -> None:
         (["-sm", "0.1", "-device", "tpu"], "-device: unknown device 'tpu'"),
         (["-sm", "0.1", "-device", "7"], "-device: no device '7'"),
         ([], "Missing option '-smoothness' / '-sm'"),
-        (["-sm", "0.1", "-noise", "laplace"], "Invalid value for -noise: must be gaussian or poisson, got 'laplace'"),
+        (["-sm", "0.1", "-noise", "laplace"], "Invalid value for -noise: must be auto, gaussian or poisson, got 'laplace'"),
     ],
 )
 def test_bad_values(prepared, capsys, extra, message) -> None:
@@ -204,17 +204,25 @@ def test_noise_weighted_on_the_command_line(workdir: Path, monkeypatch, capsys) 
     eprjax.write("raw.i2i", g, voxel_size_um=VOXEL)
     code, err = run(epr_main, ["-V", "-psf", "psf_prep", "-sm", "1e-3", "-co", "1e-4", "-noise", "poisson", "raw", "w"], capsys)
     assert code == 0, err
-    assert "-noise poisson: the data term weighted by 1 / variance (measured on the data)" in err
+    assert "-noise poisson: the data term weighted by 1 / variance (measured on the data; it spans" in err
     weights = eprjax.noise_weights(eprjax.estimate_noise(g).voxel_variance(g))
     want = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4, weights=weights).value
     plain = eprjax.restore(g, psf, alpha=1e-3, tol=1e-4).value
     out = np.asarray(eprjax.read("w"))
     assert np.abs(out - want).max() < 1e-3 * float(want.max())
     assert np.abs(out - plain).max() > 1e-2 * float(want.max())  # the weights made a difference
-    assert "-noise poisson (1 / variance measured on the data)" in eprjax.read("w").history[-1]
+    assert "weighted by 1 / the noise variance (measured on the data)" in eprjax.read("w").history[-1]
     code, err = run(epr_main, ["-psf", "psf_prep", "-sm", "1e-3", "-co", "1e-4", "-noise", "poisson", "-segment", "24", "24", "-overlap", "16", "16", "raw", "ws"], capsys)
     assert code == 0, err
     assert np.abs(np.asarray(eprjax.read("ws")) - want).max() < 0.05 * float(want.max())
-    assert "-noise poisson" in eprjax.read("ws").history[-1]
+    assert "weighted by 1 / the noise variance" in eprjax.read("ws").history[-1]
     code, err = run(main, ["tune", "-psf", "psf_prep", "-noise", "poisson", "raw"], capsys)
     assert code == 0, err
+    # the default, auto: these photon counts are weighted; Gaussian noise of one level is not
+    code, err = run(epr_main, ["-V", "-psf", "psf_prep", "-sm", "1e-3", "-co", "1e-4", "raw", "wa"], capsys)
+    assert code == 0 and "-noise auto: the data term weighted by 1 / variance" in err, err
+    np.testing.assert_array_equal(np.asarray(eprjax.read("wa")), out)
+    flat = (blurred(scene((12, 40, 40)), psf, noise=0.02) * 100 + 50).astype(np.float32)
+    eprjax.write("flat.i2i", flat, voxel_size_um=VOXEL)
+    code, err = run(epr_main, ["-V", "-psf", "psf_prep", "-sm", "1e-3", "-co", "1e-4", "flat", "fa"], capsys)
+    assert code == 0 and "every voxel weighted alike (gaussian)" in err, err

@@ -282,3 +282,39 @@ def test_a_large_volume_is_tuned_on_representative_sub_volumes() -> None:
     small = volume[:, :64, :64]
     same, none = tuning_sample(small, psf, None, (1, 1, 1))
     assert same is small and none is None
+
+
+def _search(function, x0: float):
+    """`_root` on a closed-form L(x) (x = log alpha), counting the evaluations."""
+    from eprjax._tune import _root
+
+    calls = []
+
+    def evaluate(x, slope):
+        calls.append(x)
+        h = 1e-6
+        return function(x), (function(x + h) - function(x - h)) / (2 * h)
+
+    x, floor = _root(evaluate, x0, math.log(1e-9), math.log(10.0), 12)
+    return x, floor, calls
+
+
+def test_root_search_on_closed_forms() -> None:
+    """The discrepancy's search on functions whose answers are known: a plain root (found
+    within the band, in a few steps from three decades away); a floor, L = log(F + alpha /
+    alpha0) levelling off at log F > 0 as alpha falls (the largest alpha within
+    FLOOR_MARGIN of it, alpha0 F (e^margin - 1), is chosen, not the smallest tried); no
+    root at all below the target (the noise overestimated) is an error."""
+    from eprjax._tune import FLOOR_MARGIN, ROOT_BAND, ROOT_TOLERANCE, _NoRoot
+
+    root = math.log(1e-4)
+    x, floor, calls = _search(lambda x: ROOT_TOLERANCE + 0.12 * (x - root), math.log(0.1))
+    assert floor is None and abs(x - root) < math.log(1.5) and len(calls) <= 6
+    level, alpha0 = 1.3, 1e-3
+    x, floor, calls = _search(lambda x: math.log(level + math.exp(x) / alpha0), math.log(0.05))
+    want = math.log(alpha0 * level * (math.exp(FLOOR_MARGIN) - 1))
+    assert floor == pytest.approx(math.log(level), abs=0.03)
+    assert abs(x - want) < math.log(1.6) and x > min(calls)
+    assert math.log(level + math.exp(x) / alpha0) - math.log(level) < FLOOR_MARGIN + ROOT_BAND
+    with pytest.raises(_NoRoot):
+        _search(lambda x: -0.5 + 0.01 * x, math.log(1e-3))
