@@ -61,6 +61,47 @@ def test_hutchinson_trace_and_its_slope_against_the_dense_influence_matrix() -> 
         assert abs(float(slope) - exact_slope) < 0.1 * abs(exact_slope)
 
 
+def test_weighted_trace_against_the_dense_influence_matrix() -> None:
+    """With weights W: the influence operator of the weighted problem, A_W = W^(1/2) H_P
+    (H_P^T W H_P + lam I)^-1 H_P^T W^(1/2), from dense linear algebra at the weighted
+    restoration's active set, against the probe estimate (many probes)."""
+    with jax.enable_x64(True):
+        psf = gaussian_psf((3, 5, 5), (0.8, 1.0, 1.0)).astype(np.float64)
+        g = blurred(scene((4, 6, 6), seed=2), psf, noise=0.05).astype(np.float64)
+        w = np.random.default_rng(3).uniform(0.2, 3.0, size=g.shape)
+        alpha = 1e-2
+        f = np.asarray(eprjax.restore(g, psf, alpha=alpha, pad=0, tol=1e-12, max_iterations=5000, weights=w).value)
+        model = Model(psf, g.shape, g.shape, (0, 0, 0))
+        H = np.sqrt(w).ravel()[:, None] * explicit_matrix(model)
+        Ha = H[:, f.ravel() > 0]
+        A = Ha @ np.linalg.solve(Ha.T @ Ha + alpha * model.gain * np.eye(Ha.shape[1]), Ha.T)
+        m = 400
+        probes = jax.random.rademacher(jax.random.PRNGKey(0), (m, *g.shape), jnp.float64)
+        trace = _trace_function(make_grid(g.shape, (0, 0, 0)))
+        value = trace(jnp.asarray(alpha), jnp.asarray(psf), jnp.asarray(f), probes, 1e-12, 5000, jnp.sqrt(jnp.asarray(w)))
+        assert abs(float(value) - np.trace(A)) < 4 * np.sqrt(2 * np.sum(A * A) / m)
+
+
+def test_weighted_discrepancy_is_a_chi_square() -> None:
+    """Noise whose variance differs from voxel to voxel (here 1 to 20 times), the weights
+    1 / variance: at the alpha chosen, the weighted residual ||W^(1/2) r||^2 is the weighted
+    noise's N - tr A_W (times the scale of the weights), within the search's band; uniform
+    weights choose what no weights do."""
+    psf = gaussian_psf((5, 5, 5), (1.2, 1.0, 1.0))
+    truth = scene((10, 20, 20), seed=4)
+    clean = blurred(truth, psf, noise=0.0)
+    rng = np.random.default_rng(8)
+    variance = (0.01 * clean.max()) ** 2 * rng.uniform(1, 20, size=clean.shape)
+    g = (clean + np.sqrt(variance) * rng.normal(size=clean.shape)).astype(np.float32)
+    weights = eprjax.noise_weights(variance)
+    tuning = eprjax.tune_alpha(g, psf, noise_variance=variance, weights=weights, pad=0, tol=1e-5, max_iterations=2000)
+    assert tuning.floor is None
+    assert abs(math.exp(tuning.values[np.argmin(np.abs(tuning.alphas - tuning.alpha))]) - 1.01) < 0.035
+    same = eprjax.tune_alpha(g, psf, noise_variance=variance, weights=np.ones_like(g), pad=0, tol=1e-5, max_iterations=2000)
+    unweighted = eprjax.tune_alpha(g, psf, noise_variance=variance, pad=0, tol=1e-5, max_iterations=2000)
+    assert same.alpha == pytest.approx(unweighted.alpha, rel=1e-3)
+
+
 def test_discrepancy_finds_the_residual_equal_to_its_expected_value() -> None:
     """Gaussian noise of known variance on a problem small enough for dense algebra: at the
     chosen alpha, ||g - H f||^2 = sigma^2 (N - tr A) (tr A exact, from the dense influence
