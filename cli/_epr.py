@@ -236,7 +236,7 @@ def _tuned(sample, h, image, input, pad, factor, convergence, iterations, chosen
     """-sm auto: alpha (to 4 digits) tuned on ``sample`` (a volume, or segments together),
     and how it was chosen, for the history."""
     with jax.default_device(chosen):
-        tuning, chosen_by = choose_alpha(
+        tuning, chosen_by, _ = choose_alpha(
             sample, h, image, input, pad=pad, factor=factor, tol=convergence, iterations=iterations, budget=TUNE.budget,
             weighing=weighing,
         )

@@ -23,6 +23,8 @@ TUNE_VOXELS = 1 << 21  # a volume larger than this is tuned on representative su
 TUNE_SHARE = 0.25  # ... and at most this share of its voxels: tuning then costs a bounded number of restorations
 TUNE_PIECES = 3
 NOISE_MODES = ("auto", "gaussian", "poisson")
+SWEEP_DECADES = 1.5  # tune -sweep: from this many decades below the choice to as many above (and over every trial)
+SWEEP_LOWEST = 1e-7  # ... but not below: trial restorations there rarely converge
 WEIGHT_SPAN = 8.0  # -noise auto weights where the noise variance spans more than this (measured in benchmarks/weighted.py: a span of 4 lost 2 % NRMSE by weighting, 10 gained 1.5 %, 20 and 50 gained 5.5 and 12 %)
 
 
@@ -125,10 +127,12 @@ def choose_alpha(
     method: str = "search",
     budget: float | None = None,
     weighing: Weighing | None = None,
-) -> tuple[eprjax.Tuning, str]:
+    sweep: int = 0,
+) -> tuple[eprjax.Tuning, str, eprjax.Tuning | None]:
     """Tune alpha on ``volume``; the noise from the camera (gain, read noise) when given, else
     measured on the data (and compared with the camera's, or with the RNL prepdata wrote into
-    the history, when those exist). Returns the tuning and a line for the history."""
+    the history, when those exist). Returns the tuning, a line for the history, and (``sweep``
+    alphas) the same criterion swept around the choice, to look at."""
     variance, source = None, None
     if gain is not None or read is not None:
         if gain is None or read is None:
@@ -181,12 +185,12 @@ def choose_alpha(
             trial.update(alpha=alpha, n=trial["n"] + 1, progress=Progress(iterations, tol, f"trial {trial['n'] + 1}, alpha {alpha:.4g}: "))
         trial["progress"](k, rel, math.nan, math.nan, math.nan)  # Ctrl-C and SIGTERM are heard here
 
-    def run(criterion: str) -> eprjax.Tuning:
+    def run(criterion: str, alphas=None) -> eprjax.Tuning:
         trial.update(alpha=None, n=0, progress=None)
         return eprjax.tune_alpha(
             volume, h, criterion=criterion, noise_variance=variance, reference=reference, pad=pad, factor=factor,
             tol=tol, max_iterations=iterations, start=start, method=method, callback=show if RUN.verbose else None,
-            progress=progress, max_seconds=budget, weights=None if weighing is None else weighing(volume),
+            progress=progress, max_seconds=budget, weights=None if weighing is None else weighing(volume), alphas=alphas,
         )
 
     try:
@@ -203,7 +207,21 @@ def choose_alpha(
     if tuning.stopped:
         log.warning("%s: %s", name, tuning.stopped)
     log.info("chose %s", tuning.describe())
-    return tuning, f"chosen by {criterion}" + (f" ({source})" if source and criterion != "gcv" else "")
+    swept = None
+    if sweep > 0:
+        # from 30x below to 30x above the choice, and over every trial
+        span = np.log10(tuning.alphas)
+        low = min(math.log10(tuning.alpha) - SWEEP_DECADES, float(span.min()))
+        high = max(math.log10(tuning.alpha) + SWEEP_DECADES, float(span.max()))
+        low = max(low, math.log10(SWEEP_LOWEST))
+        log.info("sweeping %s over %d alphas, %.3g to %.3g", criterion, sweep, 10**low, 10**high)
+        swept = run(criterion, alphas=np.logspace(low, high, sweep))
+        if RUN.verbose:
+            for row in swept.table():
+                log.info("  %s", row)
+        if swept.stopped:
+            log.warning("%s: the sweep: %s", name, swept.stopped)
+    return tuning, f"chosen by {criterion}" + (f" ({source})" if source and criterion != "gcv" else ""), swept
 
 
 NOISE_HELP = (
@@ -214,8 +232,9 @@ NOISE_HELP = (
 )
 
 
-def plot(tuning: eprjax.Tuning, path: str) -> Path:
-    """The criterion against alpha, the choice marked, as a PNG (written whole or not at all)."""
+def plot(tuning: eprjax.Tuning, path: str, swept: eprjax.Tuning | None = None) -> Path:
+    """The criterion against alpha at the search's trials, the choice marked, and (``swept``)
+    the same criterion swept over alpha beneath them, as a PNG (written whole or not at all)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,7 +245,10 @@ def plot(tuning: eprjax.Tuning, path: str) -> Path:
     order = np.argsort(tuning.alphas)
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     values = np.array([shown(tuning.criterion, v) for v in tuning.values])
-    ax.semilogx(tuning.alphas[order], values[order], "o-", color="0.3", ms=4, label=tuning.criterion)
+    if swept is not None:
+        o = np.argsort(swept.alphas)
+        ax.semilogx(swept.alphas[o], [shown(swept.criterion, v) for v in swept.values[o]], "-", color="steelblue", lw=1.5, label="sweep")
+    ax.semilogx(tuning.alphas[order], values[order], "o", color="0.3", ms=4, label="the search's trials")
     chosen = int(np.argmin(np.abs(tuning.alphas - tuning.alpha)))
     ax.semilogx([tuning.alpha], [values[chosen]], "o", color="crimson", ms=8, label=f"chosen: {tuning.alpha:.3g}")
     if tuning.criterion == "discrepancy":
@@ -268,6 +290,9 @@ def tune(
     budget: Annotated[
         float | None, typer.Option("-budget", metavar="SECONDS", help="Stop tuning after this many seconds with the best alpha so far (said with a warning).")
     ] = None,
+    sweep: Annotated[
+        int, typer.Option("-sweep", metavar="N", help="After the search, also evaluate the criterion at N alphas around the choice (one restoration each), listed with -V and drawn by -plot: to check the choice.")
+    ] = 0,
     method: Annotated[
         str, typer.Option("-method", help="search (default: the fastest and surest, see the docs) or optax (every criterion minimised by optax on its implicit gradient).")
     ] = "search",
@@ -293,6 +318,8 @@ def tune(
         raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
     if noise not in NOISE_MODES:
         raise typer.BadParameter(f"must be auto, gaussian or poisson, got {noise!r}", param_hint="-noise")
+    if not 0 <= sweep <= 100:
+        raise typer.BadParameter(f"must be 0 to 100 alphas, got {sweep}", param_hint="-sweep")
     image, _, source, h = read_inputs(input, psf)
     volume = source.volume(0)
     pad = None
@@ -305,10 +332,10 @@ def tune(
     if criterion == "reference" and ref is None:
         raise eprjax.ParameterError("-criterion reference needs -reference FILE")
     weighing = noise_weighing(volume, input, noise, gain=gain, read=read, offset=offset)
-    tuning, _ = choose_alpha(
+    tuning, _, swept = choose_alpha(
         volume, h, image, input, criterion=criterion, gain=gain, read=read, offset=offset, reference=ref, pad=pad,
-        tol=convergence, iterations=iterations, start=start, method=method, budget=budget, weighing=weighing,
+        tol=convergence, iterations=iterations, start=start, method=method, budget=budget, weighing=weighing, sweep=sweep,
     )
     if plot_file is not None:
-        log.info("wrote %s", plot(tuning, plot_file))
+        log.info("wrote %s", plot(tuning, plot_file, swept))
     print(f"{tuning.alpha:.4g}")

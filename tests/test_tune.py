@@ -126,6 +126,33 @@ def test_discrepancy_finds_the_residual_equal_to_its_expected_value() -> None:
         assert abs(np.log(by_optax.alpha / tuning.alpha)) < 0.2
 
 
+def test_a_sweep_gives_the_discrepancy_at_each_alpha() -> None:
+    """tune_alpha(alphas=...): at each alpha, the residual over its expected value,
+    sigma^2 (N - tr A), against dense algebra (tr A exact); the choice the one nearest the
+    target; alphas outside the range refused."""
+    with jax.enable_x64(True):
+        psf = gaussian_psf((3, 5, 5), (0.8, 1.0, 1.0)).astype(np.float64)
+        truth = 50 * scene((4, 8, 8), seed=4)
+        model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+        sigma = 0.05 * model.forward(truth).max()
+        g = model.forward(truth) + sigma * np.random.default_rng(3).normal(size=truth.shape)
+        alphas = [1e-4, 1e-2, 1.0]
+        swept = eprjax.tune_alpha(g, psf, noise_variance=sigma**2, pad=0, tol=1e-8, max_iterations=5000, probes=256, alphas=alphas)
+        assert sorted(swept.alphas) == pytest.approx(alphas) and swept.evaluations == 3
+        H = explicit_matrix(model)
+        for alpha, value in zip(swept.alphas, swept.values, strict=True):
+            f = np.asarray(eprjax.restore(g, psf, alpha=alpha, pad=0, tol=1e-8, max_iterations=5000).value)
+            Ha = H[:, f.ravel() > 0]
+            A = Ha @ np.linalg.solve(Ha.T @ Ha + alpha * model.gain * np.eye(Ha.shape[1]), Ha.T)
+            exact = np.sum((g - model.forward(f)) ** 2) / (sigma**2 * (g.size - np.trace(A)))
+            # the probes' error in tr A, over N - tr A
+            spread = 4 * np.sqrt(2 * np.sum(A * A) / 256) / (g.size - np.trace(A))
+            assert abs(value - np.log(exact)) < spread + 1e-6
+        assert swept.alpha == swept.alphas[np.argmin(np.abs(swept.values - 0.01))]
+        with pytest.raises(eprjax.ParameterError, match="alphas must be"):
+            eprjax.tune_alpha(g, psf, noise_variance=sigma**2, pad=0, alphas=[0.0, 1.0])
+
+
 def test_the_reference_criterion_lands_at_the_sweep_minimum() -> None:
     psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
     truth = 50 * scene((10, 24, 24), seed=4)
@@ -198,9 +225,10 @@ def test_tune_command_and_epr_sm_auto(tmp_path, capsys) -> None:
     eprjax.write(tmp_path / "g.i2i", eprjax.Image(g, history=history))
     eprjax.write(tmp_path / "truth.i2i", eprjax.Image(truth.astype(np.float32)))
     eprjax.write(tmp_path / "psf.i2i", eprjax.Image(psf))
-    assert cli(["tune", "-psf", str(tmp_path / "psf"), "-plot", str(tmp_path / "curve"), str(tmp_path / "g")]) == 0
+    assert cli(["tune", "-V", "-psf", str(tmp_path / "psf"), "-plot", str(tmp_path / "curve"), "-sweep", "3", str(tmp_path / "g")]) == 0
     out, err = capsys.readouterr()
     alpha = float(out.strip())
+    assert "sweeping discrepancy over 3 alphas" in err and err.count("<- chosen") == 2
     assert alpha > 0 and (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "reference", "-reference", str(tmp_path / "truth"), str(tmp_path / "g")]) == 0
     assert float(capsys.readouterr().out.strip()) > 0

@@ -527,6 +527,7 @@ def tune_alpha(
     progress: Callable[[float, int, float], None] | None = None,
     max_seconds: float | None = None,
     weights: Any = None,
+    alphas: Sequence[float] | None = None,
 ) -> Tuning:
     """Choose alpha for ``restore(data, psf, alpha=...)`` from the data: a criterion over log
     alpha, solved for or minimised (see ``method``), with gradients by implicit
@@ -569,6 +570,10 @@ def tune_alpha(
         weights: as for `restore`: the data term's weights, each trial restored with them;
             the criteria then count the weighted residual against the weighted noise
             (with W = 1 / variance, `noise_weights`, the discrepancy is a chi-square test).
+        alphas: a sweep instead of a search: the criterion at each of these alphas (one
+            trial each, exact: no trace is bounded by another's), to look at it beside a
+            search's choice; the choice is then the best of them (the discrepancy's nearest
+            its target, the others' smallest). ``start``, ``steps`` and ``method`` are unused.
 
     Returns:
         A `Tuning`: ``.alpha`` and the criterion along the way.
@@ -656,9 +661,9 @@ def tune_alpha(
     known: dict[str, Any] = {"x": math.inf, "trace": 0.0}  # the last trace computed, and where (at alpha = inf it is 0)
     noise_total = float(jnp.sum(jnp.broadcast_to(variance, g.shape)))
 
-    def evaluate(x: float, slope: bool = False) -> tuple[float, float]:
+    def evaluate(x: float, slope: bool = False, exact: bool = False) -> tuple[float, float]:
         """The criterion at alpha = exp(x), from a trial restoration started from the last
-        one's dual."""
+        one's dual (``exact``: the trace always computed, never bounded)."""
         from ._restore import _solve_reporting
 
         spent()
@@ -676,7 +681,7 @@ def tune_alpha(
         )
         done = int(np.max(np.asarray(k)))
         value = None
-        if criterion == "discrepancy":
+        if criterion == "discrepancy" and not exact:
             # the trace changes slowly with alpha and falls as it grows: the last trial's is a
             # bound on this one's (from below when alpha went down, from above when up); where
             # even with it the residual is far from its expected value, the trace's solve is
@@ -697,7 +702,16 @@ def tune_alpha(
 
     stopped = None
     choice = floor = None
-    if criterion == "reference" or method == "optax":
+    if alphas is not None:
+        xs = np.log(np.asarray(alphas, np.float64).ravel()) if np.all(np.asarray(alphas) > 0) else np.array([math.nan])
+        if xs.size == 0 or not np.all(np.isfinite(xs)) or xs.min() < lo or xs.max() > hi:
+            raise ParameterError(f"alphas must be one or more numbers between {math.exp(lo):g} and {math.exp(hi):g}")
+        try:
+            for x in sorted(xs, reverse=True):  # from large alpha down: each trial starts warm from a faster one
+                evaluate(float(x), exact=True)
+        except _Budget:
+            stopped = f"the budget of {max_seconds:g} s ran out after {len(seen)} of {xs.size} alphas"
+    elif criterion == "reference" or method == "optax":
         state = _optimiser().init(log_alpha)
         _RECORDERS.append(record)
         try:
@@ -728,7 +742,9 @@ def tune_alpha(
 
     alphas = np.array([a for a, _ in seen])
     values = np.array([v for _, v in seen])
-    if criterion == "discrepancy" and choice is not None:
+    if criterion == "discrepancy" and alphas is not None:
+        best = int(np.argmin(np.abs(values - ROOT_TOLERANCE)))
+    elif criterion == "discrepancy" and choice is not None:
         best = int(np.argmin(np.abs(np.log(alphas) - choice)))
     elif criterion == "discrepancy":  # the budget ran out: the best so far, floors counted
         best = _best_so_far(np.log(alphas), values)
