@@ -57,8 +57,9 @@ def convert(
     """
     if int16 and int16_scale:
         raise typer.BadParameter("choose one of -int16 and -int16_scale", param_hint="-int16")
-    if size == 0 or spaced == 0:
-        raise typer.BadParameter("a voxel size must be positive", param_hint="-size/-spaced")
+    from ._inputs import check_voxel_sizes  # (here: _inputs imports this module)
+
+    check_voxel_sizes(size, spaced)
     target = check_output(output, input)
     image = eprjax.read(input, channel=channel)
     log.info("read %s: %s", input, describe(image))

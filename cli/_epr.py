@@ -7,8 +7,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -23,11 +21,14 @@ from eprjax._operator import describe as describe_grid
 from eprjax._io import input_path
 from eprjax._restore import MESSAGES, NONFINITE, local_devices
 from eprjax._segments import MEMORY_MARGIN, device_memory, representative
-from eprjax._stream import Source, Store, assemble, describe_share, prepare_store, restore_into_store, summary
+from eprjax._stream import (
+    Source, Store, assemble, check_store_path, describe_share, fingerprint, prepare_store, remove_store, restore_into_store,
+    summary,
+)
 
 from ._cluster import barrier, from_first, join_cluster
 from ._frame import RUN, Progress, check_output, command, history_line, log_to_file
-from ._inputs import read_inputs, rnl_from_history
+from ._inputs import check_iterations, read_inputs, rnl_from_history
 from ._tune import NOISE_HELP, NOISE_MODES, Weighing, choose_alpha, noise_weighing, tuning_sample
 
 log = logging.getLogger("eprjax")
@@ -98,7 +99,9 @@ def parse_smoothness(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise typer.BadParameter(f"expected a number >= 0, rnl or auto, got {text!r}", param_hint="-smoothness/-sm") from None
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"alpha must be a finite number >= 0, got {text}", param_hint="-smoothness/-sm")
+    if value < 0:
         raise typer.BadParameter(f"alpha must be >= 0, got {text}", param_hint="-smoothness/-sm")
     return value
 
@@ -168,8 +171,7 @@ def _run(
         if k < 1:
             raise typer.BadParameter(f"must be an integer >= 1, got {k}", param_hint=flag)
     big.check()
-    if iterations < 1:
-        raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
+    check_iterations(iterations)
     if not 0 < convergence < 1:
         raise typer.BadParameter(f"must be between 0 and 1, got {convergence}", param_hint="-convergence/-co")
     if pad is not None and min(pad) < 0:
@@ -180,6 +182,8 @@ def _run(
         log_to_file(str(target) + (f".{share[0] + 1}" if share[1] > 1 else "") + ".log")
         log.debug("the log also goes to %s.log", target)
     chosen = select_device(device, gpu=gpu)
+    if big.devices is not None and big.devices > len(local_devices(None)):
+        raise typer.BadParameter(f"this process sees {len(local_devices(None))} device(s), got {big.devices}", param_hint="-devices")
     cache = enable_compilation_cache()
     image, psf_image, source, h = read_inputs(input, psf, size=voxel[0], spaced=voxel[1], factor=factor)
     alpha = given if given is not None else alpha_from_history(image, input)
@@ -199,7 +203,7 @@ def _run(
     if segmented or share[1] > 1 or source.count > 1:
         # through the store on disk: a time series need not fit in memory either
         _run_segments(
-            image, source, h, target, input, smoothness, alpha, iterations, convergence, plan, chosen, big, share, factor,
+            image, source, h, target, input, psf, smoothness, alpha, iterations, convergence, plan, chosen, big, share, factor,
         )
         return
     if big.resume:
@@ -253,7 +257,7 @@ def _write(image: eprjax.Image, result: np.ndarray, target: Path, factor: tuple[
 
 
 def _run_segments(
-    image: eprjax.Image, source: Source, h: np.ndarray, target: Path, input: str, smoothness: str, alpha: float,
+    image: eprjax.Image, source: Source, h: np.ndarray, target: Path, input: str, psf_name: str, smoothness: str, alpha: float,
     iterations: int, convergence: float, plan: eprjax.SegmentPlan, chosen: jax.Device, big: Big,
     share: tuple[int, int], factor: tuple[int, int, int],
 ) -> None:
@@ -261,9 +265,11 @@ def _run_segments(
     shared by the processes of a cluster, never holding the whole volume in memory."""
     first = share[0] == 0
     folder = target.with_name(target.name + ".segments")
-    stat = os.stat(input_path(input)[0])
+    inputs = [input_path(input)[0], input_path(psf_name)[0]]
+    if first:
+        check_store_path(folder, inputs)  # before any work: a folder that is not ours, or holds an input, is refused
     manifest = {
-        "input": str(Path(input).resolve()), "input_bytes": stat.st_size, "input_modified_ns": stat.st_mtime_ns,
+        "input": str(Path(input).resolve()), "input_content": fingerprint(inputs[0]),
         "psf_sha1": hashlib.sha1(np.ascontiguousarray(h).tobytes()).hexdigest(), "smoothness": smoothness,
         "iterations": iterations, "convergence": convergence, "segment": list(plan.segment), "overlap": list(plan.overlap),
         "pad": list(plan.pad), "factor": list(factor), "shape": list(source.shape), "noise": TUNE.noise,
@@ -296,62 +302,70 @@ def _run_segments(
                 alpha, chosen_by = _tuned(sample, h, image, input, plan.pad, factor, convergence, iterations, chosen, weighing)
             alpha = from_first(alpha if first else 0.0)
     manifest["alpha"] = alpha
+    lock = None
     if first:
-        _, kept = prepare_store(folder, manifest, resume=big.resume)
+        shape = (source.count, plan.count, *plan.finer().data_shape[:1], *plan.finer().segment)
+        _, kept, lock = prepare_store(folder, manifest, shape, resume=big.resume, inputs=inputs)
         if kept:
             log.info("-resume: %d of %d segments already restored in %s", kept, plan.count * source.count, folder)
         elif not big.resume:
             log.debug("finished segments are kept in %s until the output is written", folder)
-    barrier("eprjax: store ready")
-    store = Store(folder)
-    if not store.matches(manifest):
-        raise eprjax.EprjaxError(f"{folder}: not the store this run prepared (do the processes share a file system?)")
-    log.info("%s", describe_share(share, plan, source.count, local_devices(big.devices)))
-    started = time.perf_counter()
-
-    def report(done: int, total: int) -> None:
-        elapsed = time.perf_counter() - started
-        log.info("%d of %d segments restored, %.1f s%s", done, total, elapsed, f", about {elapsed / done * (total - done):.0f} s left" if done < total else "")
-
-    one = None
-    if plan.count == 1 and (RUN.verbose or RUN.debug):
-        # whole volumes: each with its progress line (-V) or its every iteration logged (-D)
-        def one(volume: np.ndarray, t: int) -> tuple[np.ndarray, int, float, int]:
-            progress = Progress(iterations, convergence, f"volume {t + 1}/{source.count}: ")
-            solution = eprjax.restore(
-                volume, h, alpha=alpha, tol=convergence, max_iterations=iterations, pad=plan.pad, factor=factor,
-                callback=progress, callback_interval=None if RUN.debug else 0.25, throw=False,
-                weights=None if weighing is None else weighing(volume),
-            )
-            log.info("%s", progress.finish(solution))
-            return np.asarray(solution.value), int(solution.iterations), float(solution.relative_gradient), int(solution.result)
-
     try:
-        with jax.default_device(chosen):
-            count = restore_into_store(
-                source, h, alpha=alpha, tol=convergence, max_iterations=iterations, plan=plan, store=store,
-                devices=big.devices, share=share, report=None if one else report, one=one, weigh=weighing,
-            )
-    except BaseException:
-        if store.finished():
-            log.warning("%d finished segments are kept in %s: run again with -resume to go on from there", store.finished(), folder)
-        raise
-    log.info("%d segments restored in %.1f s", count, time.perf_counter() - started)
-    barrier("eprjax: segments restored")
-    if not first:
-        log.info("process %d of %d done; process 1 writes %s", share[0] + 1, share[1], target)
-        return
-    result = assemble(store, plan, source.count, squeeze=source.count == 1)
-    k, rel, worst = summary(store, plan, source.count)
-    if worst == NONFINITE:
-        raise eprjax.EprjaxError(f"{MESSAGES[NONFINITE]} (in a segment; the finished ones are kept in {folder})")
-    what = (f"{plan.count} segments of {plan.segment[0]}x{plan.segment[1]}" if plan.count > 1 else "whole volumes") + (
-        f" on {share[1]} processes" if share[1] > 1 else ""
-    )
-    log.info("segments: at most %d iterations, relative gradient at most %.2e", k, rel)
-    _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}{_weighed(weighing)}, {k} iterations, {what}")
-    del result
-    shutil.rmtree(folder, ignore_errors=True)
+        barrier("eprjax: store ready")
+        store = Store(folder)
+        if not store.matches(manifest):
+            raise eprjax.EprjaxError(f"{folder}: not the store this run prepared (do the processes share a file system?)")
+        log.info("%s", describe_share(share, plan, source.count, local_devices(big.devices)))
+        started = time.perf_counter()
+
+        def report(done: int, total: int) -> None:
+            elapsed = time.perf_counter() - started
+            log.info("%d of %d segments restored, %.1f s%s", done, total, elapsed, f", about {elapsed / done * (total - done):.0f} s left" if done < total else "")
+
+        one = None
+        if plan.count == 1 and (RUN.verbose or RUN.debug):
+            # whole volumes: each with its progress line (-V) or its every iteration logged (-D)
+            def one(volume: np.ndarray, t: int) -> tuple[np.ndarray, int, float, int]:
+                progress = Progress(iterations, convergence, f"volume {t + 1}/{source.count}: ")
+                solution = eprjax.restore(
+                    volume, h, alpha=alpha, tol=convergence, max_iterations=iterations, pad=plan.pad, factor=factor,
+                    callback=progress, callback_interval=None if RUN.debug else 0.25, throw=False,
+                    weights=None if weighing is None else weighing(volume),
+                )
+                log.info("%s", progress.finish(solution))
+                return np.asarray(solution.value), int(solution.iterations), float(solution.relative_gradient), int(solution.result)
+
+        try:
+            with jax.default_device(chosen):
+                count = restore_into_store(
+                    source, h, alpha=alpha, tol=convergence, max_iterations=iterations, plan=plan, store=store,
+                    devices=big.devices, share=share, report=None if one else report, one=one, weigh=weighing,
+                )
+        except BaseException:
+            if store.finished():
+                log.warning("%d finished segments are kept in %s: run again with -resume to go on from there", store.finished(), folder)
+            elif first:
+                remove_store(folder)  # nothing in it to resume from
+            raise
+        log.info("%d segments restored in %.1f s", count, time.perf_counter() - started)
+        barrier("eprjax: segments restored")
+        if not first:
+            log.info("process %d of %d done; process 1 writes %s", share[0] + 1, share[1], target)
+            return
+        result = assemble(store, plan, source.count, squeeze=source.count == 1)
+        k, rel, worst = summary(store, plan, source.count)
+        if worst == NONFINITE:
+            raise eprjax.EprjaxError(f"{MESSAGES[NONFINITE]} (in a segment; the finished ones are kept in {folder})")
+        what = (f"{plan.count} segments of {plan.segment[0]}x{plan.segment[1]}" if plan.count > 1 else "whole volumes") + (
+            f" on {share[1]} processes" if share[1] > 1 else ""
+        )
+        log.info("segments: at most %d iterations, relative gradient at most %.2e", k, rel)
+        _write(image, result, target, factor, f"epr: alpha {alpha:g}{chosen_by}{_weighed(weighing)}, {k} iterations, {what}")
+        del result
+        remove_store(folder)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 Input = Annotated[str, typer.Argument(metavar="IN", help="Image to restore (.i2i, .tif, .ome.tif; no ending means .i2i).")]

@@ -316,6 +316,11 @@ def _run(app: typer.Typer, prog: str, argv: list[str]) -> int:
         if RUN.debug:
             traceback.print_exc()
         return _fail("out of memory", 1)
+    except OSError as e:  # the file system: full, read-only, permissions, gone (a store, a log, a cache)
+        if RUN.debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e} (the file system refused: is it full, read-only or not yours?)", 1)
     except Exception as e:
         if RUN.debug:
             traceback.print_exc()

@@ -34,11 +34,31 @@ def rnl_from_history(image: eprjax.Image, *, camera_only: bool = False) -> float
     return float(found[-1]["rnl"]) if found else None
 
 
-def with_voxel_size(image: eprjax.Image, size: float | None, spaced: float | None, name: str) -> eprjax.Image:
-    """``image`` with its XY pixel size (-size) and Z step (-spaced) given or overridden."""
+VOXEL_RANGE_UM = (1e-6, 1e6)  # a voxel size outside this (a picometre to a metre) is a mistake, and the file formats cannot hold it
+
+
+MAX_ITERATIONS = 2**31 - 1  # iteration counts are int32 on the device
+
+
+def check_iterations(iterations: int) -> None:
+    """-iterations: from 1 to `MAX_ITERATIONS`."""
+    if not 1 <= iterations <= MAX_ITERATIONS:
+        raise typer.BadParameter(f"must be between 1 and {MAX_ITERATIONS}, got {iterations}", param_hint="-iterations/-it")
+
+
+def check_voxel_sizes(size: float | None, spaced: float | None) -> None:
+    """-size and -spaced: None, or a voxel size in um within `VOXEL_RANGE_UM`."""
+    low, high = VOXEL_RANGE_UM
     for flag, value in (("-size", size), ("-spaced", spaced)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise typer.BadParameter(f"must be > 0 um, got {value}", param_hint=flag)
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"must be between {low:g} and {high:g} um, got {value:g}", param_hint=flag)
+
+
+def with_voxel_size(image: eprjax.Image, size: float | None, spaced: float | None, name: str) -> eprjax.Image:
+    """``image`` with its XY pixel size (-size) and Z step (-spaced) given or overridden."""
+    check_voxel_sizes(size, spaced)
     if size is None and spaced is None:
         return image
     z, y, x = image.voxel_size_um

@@ -259,6 +259,8 @@ def prepdata(
     """
     if norm not in ("none", "first"):
         raise typer.BadParameter(f"must be first or none, got {norm!r}", param_hint="-norm")
+    if offset is not None and not math.isfinite(offset):
+        raise typer.BadParameter(f"must be a finite number of counts, got {offset}", param_hint="-offset")
     inputs = [input] + [f for f in (dark, flat) if f is not None]
     target = check_output(output, *inputs)
     image = with_voxel_size(eprjax.read(input), size, spaced, input)

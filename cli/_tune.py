@@ -15,7 +15,7 @@ from eprjax._segments import representative
 from eprjax._tune import CRITERIA, UNITS, shown
 
 from ._frame import RUN, Progress, command
-from ._inputs import read_inputs, rnl_from_history
+from ._inputs import check_iterations, read_inputs, rnl_from_history
 
 log = logging.getLogger("eprjax")
 
@@ -310,8 +310,7 @@ def tune(
         raise typer.BadParameter(f"must be search or optax, got {method!r}", param_hint="-method")
     if start is not None and not (math.isfinite(start) and start > 0):
         raise typer.BadParameter(f"must be > 0, got {start}", param_hint="-start")
-    if iterations < 1:
-        raise typer.BadParameter(f"must be >= 1, got {iterations}", param_hint="-iterations/-it")
+    check_iterations(iterations)
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise typer.BadParameter(f"must be > 0 seconds, got {budget}", param_hint="-budget")
     if not 0 < convergence < 1:

@@ -70,6 +70,10 @@ def test_flags_parse_as_the_originals(volume: Path) -> None:
         (["convert", "vol.i2i", "vol"], 1, "refusing to write over the input vol.i2i"),
         (["convert", "vol", "o.png"], 1, "unsupported file type '.png'"),
         (["convert", "vol", "nodir/o.i2i"], 1, "the directory nodir does not exist"),
+        (["convert", "-size", "1e-300", "vol", "o.tif"], 2, "Invalid value for -size: must be between 1e-06 and 1e+06 um"),
+        (["convert", "vol", ""], 1, "'': not a file name"),
+        (["convert", "vol", "."], 1, "'.': not a file name"),
+        (["prepdata", "-offset", "nan", "vol", "o.i2i"], 2, "Invalid value for -offset: must be a finite number of counts, got nan"),
         (["frobnicate"], 2, "No such command 'frobnicate'"),
     ],
 )

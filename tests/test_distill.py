@@ -4,7 +4,6 @@ the modalities' OTF supports, resampling to the data's sampling."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import jax.numpy as jnp

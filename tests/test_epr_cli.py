@@ -77,7 +77,11 @@ def test_several_volumes(prepared, capsys) -> None:
     ("extra", "message"),
     [
         (["-sm", "-0.1"], "alpha must be >= 0, got -0.1"),
-        (["-sm", "0.1", "-it", "0"], "Invalid value for -iterations/-it: must be >= 1"),
+        (["-sm", "0.1", "-it", "0"], "Invalid value for -iterations/-it: must be between 1 and 2147483647"),
+        (["-sm", "0.1", "-it", "99999999999999999999"], "must be between 1 and 2147483647, got 99999999999999999999"),
+        (["-sm", "1e309"], "alpha must be a finite number >= 0, got 1e309"),
+        (["-sm", "0.1", "-devices", "99"], "Invalid value for -devices: this process sees 1 device(s), got 99"),
+        (["-sm", "0.1", "-size", "1e-300"], "Invalid value for -size: must be between 1e-06 and 1e+06 um"),
         (["-sm", "0.1", "-co", "1.5"], "Invalid value for -convergence/-co: must be between 0 and 1"),
         (["-sm", "0.1", "-co", "0"], "must be between 0 and 1"),
         (["-sm", "0.1", "-pad", "-1", "2"], "Invalid value for -pad: voxels must be >= 0"),
@@ -92,6 +96,13 @@ def test_bad_values(prepared, capsys, extra, message) -> None:
     code, err = run(epr_main, ["-psf", "psf_prep", *extra, "image_prep", "out"], capsys)
     assert code in (1, 2) and err.count("\n") == 1 and message in err, err
     assert not Path("out.i2i").exists()
+
+
+@pytest.mark.parametrize("name", ["", ".", "/", "out/", ".."])
+def test_names_that_are_no_files(prepared, capsys, name: str) -> None:
+    for args in (["image_prep", name], [name, "out"]):
+        code, err = run(epr_main, ["-psf", "psf_prep", "-sm", "0.1", *args], capsys)
+        assert code == 1 and err.count("\n") == 1 and f"{name!r}: not a file name" in err, err
 
 
 def test_missing_psf_flag(prepared, capsys) -> None:

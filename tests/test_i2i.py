@@ -379,6 +379,28 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.i2i"]
 
 
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A run killed while writing leaves ``.NAME.HOST.PID.*.part``; the next write of that
+    file removes it when PID is dead on this host, and leaves those of live processes and
+    other hosts alone."""
+    import subprocess
+    import sys
+
+    from eprjax._io import _HOST
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f".out.i2i.{_HOST}.{gone.pid}.0123abcd.part"
+    live = tmp_path / f".out.i2i.{_HOST}.{os.getppid()}.0123abcd.part"
+    other = tmp_path / f".out.i2i.elsewhere.{gone.pid}.0123abcd.part"
+    unrelated = tmp_path / f".other.i2i.{_HOST}.{gone.pid}.0123abcd.part"
+    for p in (dead, live, other, unrelated):
+        p.write_bytes(b"half")
+    eprjax.write(tmp_path / "out.i2i", np.zeros((2, 3, 4), np.float32))
+    assert not dead.exists() and live.exists() and other.exists() and unrelated.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, other, unrelated)) + ["out.i2i"]
+
+
 def test_rewriting_the_file_being_read_is_safe(tmp_path: Path) -> None:
     """The output replaces the name; a memory map of the old file still sees the old data."""
     path = eprjax.write(tmp_path / "self.i2i", np.arange(8, dtype=np.float32).reshape(2, 2, 2))

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import eprjax
 from eprjax import _stream
 from eprjax._io import _planes
 from eprjax._restore import _solve_segments
+from eprjax._stream import Store
 
 from .conftest import ROOT, run_eprjax
 from .test_restore import blurred, gaussian_psf, scene
@@ -59,7 +62,7 @@ def test_an_interrupted_run_resumes(files: Path, monkeypatch: pytest.MonkeyPatch
     assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 130
     assert "3 finished segments are kept in out.i2i.segments: run again with -resume" in capsys.readouterr().err
     assert not Path("out.i2i").exists()  # written whole or not at all
-    assert len(list(Path("out.i2i.segments").glob("*.npz"))) == 3
+    assert Store(Path("out.i2i.segments")).finished() == 3
     monkeypatch.setattr(_stream.Store, "save", save)
 
     restored: list[int] = []
@@ -72,7 +75,7 @@ def test_an_interrupted_run_resumes(files: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(_stream, "solve_segments", counting)
     # other settings: refused, in one line, and the segments are kept
     code = run_eprjax(["epr", "-resume", "-psf", "psf", "-sm", "2e-3", *SEGMENTED[2:], "image", "out"])
-    assert code != 0 and not restored and len(list(Path("out.i2i.segments").glob("*.npz"))) == 3
+    assert code != 0 and not restored and Store(Path("out.i2i.segments")).finished() == 3
     assert run_eprjax(["epr", "-resume", "-psf", "psf", *SEGMENTED, "image", "out"]) == 0
     plan = eprjax.plan_segments((12, 88, 88), np.asarray(eprjax.read("psf").data), segment=(40, 40), overlap=(16, 16))
     assert sum(restored) == plan.count - 3  # only the missing ones
@@ -110,11 +113,195 @@ def test_a_time_series_reports_every_iteration_with_D(files: Path, capsys) -> No
 
 def test_without_resume_an_old_store_is_discarded(files: Path) -> None:
     stale = Path("out.i2i.segments")
-    stale.mkdir()
+    stale.mkdir()  # a store of the first format: its manifest and segment files, nothing else
     (stale / "manifest.json").write_text(json.dumps({"eprjax_store": 1, "alpha": 5}))
     (stale / "t00000-s000000.npz").write_bytes(b"not a segment")
     assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 0
     assert eprjax.read("out").shape == (12, 88, 88) and not stale.exists()
+
+
+@pytest.mark.parametrize("case", ["input inside", "psf inside", "not a store", "a file", "a link"])
+def test_a_folder_eprjax_did_not_make_is_never_removed(files: Path, capsys, case: str) -> None:
+    """OUT.segments is removed only when it is an eprjax store holding no input: an image
+    inside it, a folder of the user's, a file or a link there are refused in one line, left
+    as they were."""
+    folder = Path("out.i2i.segments")
+    if case == "a file":
+        folder.write_bytes(b"mine")
+    elif case == "a link":
+        Path("elsewhere").mkdir()
+        folder.symlink_to("elsewhere")
+    else:
+        folder.mkdir()
+        if case == "not a store":
+            (folder / "notes.txt").write_text("mine")
+        else:  # a real store of a run that stopped, and the user's input moved into it
+            (folder / _stream.MARKER).write_text("{}")
+    name = {"input inside": "image", "psf inside": "psf"}.get(case)
+    if name:
+        os.replace(f"{name}.i2i", folder / f"{name}.i2i")
+    image = str(folder / "image.i2i") if case == "input inside" else "image"
+    psf = str(folder / "psf.i2i") if case == "psf inside" else "psf"
+    before = sorted((p.name, p.read_bytes()) for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else None
+    assert run_eprjax(["epr", "-psf", psf, *SEGMENTED, image, "out"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out.i2i.segments" in err, err
+    expected = {"input inside": "lies inside", "psf inside": "lies inside", "not a store": "not an eprjax store",
+                "a file": "not a folder", "a link": "symbolic link"}[case]
+    assert expected in err
+    assert not Path("out.i2i").exists()
+    if folder.is_dir():
+        assert sorted((p.name, p.read_bytes()) for p in folder.rglob("*") if p.is_file()) == before
+    else:
+        assert folder.is_symlink() or folder.read_bytes() == b"mine"
+
+
+def _interrupted_after(monkeypatch: pytest.MonkeyPatch, n: int) -> Callable[[], None]:
+    """Store.save raising KeyboardInterrupt once ``n`` segments are saved; returns what
+    puts it back."""
+    save = _stream.Store.save
+
+    def interrupted(self, t, index, *args):
+        if self.finished() == n:
+            raise KeyboardInterrupt
+        save(self, t, index, *args)
+
+    monkeypatch.setattr(_stream.Store, "save", interrupted)
+    return lambda: monkeypatch.setattr(_stream.Store, "save", save)
+
+
+@pytest.mark.parametrize("damage", ["zeros", "nan", "shape", "truncated", "record"])
+def test_a_damaged_segment_is_restored_again_on_resume(files: Path, monkeypatch: pytest.MonkeyPatch, capsys, damage: str) -> None:
+    """A stored segment replaced (zeros, NaN, another shape), cut short or with a broken
+    record is rejected on -resume, said so, and restored again: the output equals an
+    uninterrupted run's."""
+    import zarr
+
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "whole_run"]) == 0
+    expected = eprjax.read("whole_run").data
+    put_back = _interrupted_after(monkeypatch, 3)
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 130
+    put_back()
+    folder = Path("out.i2i.segments")
+    store = Store(folder)
+    done = sorted((folder / _stream.DONE).glob("*.json"))
+    t, i = (int(part[1:]) for part in done[0].stem.split("-"))
+    assert store.has(t, i)
+    segments = zarr.open_array(str(folder / _stream.SEGMENTS), mode="r+")
+    if damage == "zeros":
+        segments[t, i] = 0.0
+    elif damage == "nan":
+        segments[t, i] = np.nan
+    elif damage == "shape":
+        record = json.loads(done[0].read_text())
+        done[0].write_text(json.dumps({**record, "shape": [1, 2, 3]}))
+    elif damage == "truncated":
+        chunk = folder / _stream.SEGMENTS / "c" / str(t) / str(i) / "0" / "0" / "0"
+        chunk.write_bytes(chunk.read_bytes()[:100])
+    else:
+        done[0].write_text("{not json")
+    assert not store.has(t, i)
+    restored: list[int] = []
+    solve = _stream.solve_segments
+    monkeypatch.setattr(_stream, "solve_segments", lambda stacked, *a, **k: restored.append(len(stacked)) or solve(stacked, *a, **k))
+    assert run_eprjax(["epr", "-resume", "-psf", "psf", *SEGMENTED, "image", "out"]) == 0
+    assert "1 stored segment(s) rejected" in capsys.readouterr().err
+    plan = eprjax.plan_segments((12, 88, 88), np.asarray(eprjax.read("psf").data), segment=(40, 40), overlap=(16, 16))
+    assert sum(restored) == plan.count - 2  # the two intact ones kept
+    np.testing.assert_allclose(eprjax.read("out").data, expected, rtol=1e-6, atol=1e-6 * float(expected.max()))
+
+
+def test_a_zero_segment_is_not_missing(tmp_path: Path) -> None:
+    store, kept, lock = _stream.prepare_store(tmp_path / "s", {"x": 1}, (1, 2, 3, 4, 5), resume=False)
+    try:
+        assert kept == 0 and not store.has(0, 0)
+        store.save(0, 0, np.zeros((3, 4, 5), np.float32), 1, 0.0, 0)
+        assert store.has(0, 0) and not store.has(0, 1)
+        chunk = tmp_path / "s" / _stream.SEGMENTS / "c" / "0" / "0" / "0" / "0" / "0"
+        assert chunk.is_file()  # written, though all zero
+        np.testing.assert_array_equal(store.load(0, 0), 0.0)
+        assert Store(tmp_path / "s").manifest()["x"] == 1
+    finally:
+        lock.release()
+
+
+def test_a_changed_input_is_not_resumed_whatever_its_mtime(files: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The input is known by its content: pixels changed, size and modification time put
+    back, -resume refuses to mix the old segments with new ones."""
+    put_back = _interrupted_after(monkeypatch, 3)
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 130
+    put_back()
+    stat = os.stat("image.i2i")
+    raw = bytearray(Path("image.i2i").read_bytes())
+    raw[-4:] = b"\x42\x42\x42\x42"  # the last pixel
+    Path("image.i2i").write_bytes(bytes(raw))
+    os.utime("image.i2i", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat("image.i2i").st_size == stat.st_size
+    capsys.readouterr()
+    assert run_eprjax(["epr", "-resume", "-psf", "psf", *SEGMENTED, "image", "out"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "input_content" in err and len(err.splitlines()) == 1
+    assert Store(Path("out.i2i.segments")).finished() == 3
+
+
+def test_a_second_run_on_the_same_output_is_refused(files: Path, capsys) -> None:
+    """A live lock (another process) refuses the run in one line, the store untouched; a
+    lock whose process is dead is taken over, with a warning."""
+    folder = Path("out.i2i.segments")
+    folder.mkdir()
+    (folder / _stream.MARKER).write_text("{}")
+    (folder / "keep.json").write_text("{}")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / _stream.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "started": "now"}))
+        assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "in use by another run" in err and str(sleeper.pid) in err and len(err.splitlines()) == 1
+        assert (folder / "keep.json").exists() and not Path("out.i2i").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the process is gone: its lock is stale
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 0
+    assert "taking over the lock of a run that is no longer alive" in capsys.readouterr().err
+    assert eprjax.read("out").shape == (12, 88, 88) and not folder.exists()
+
+
+def test_a_lock_from_another_host_is_stale_after_its_heartbeat_stops(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    lock = folder / _stream.LOCK
+    lock.write_text(json.dumps({"host": "elsewhere.example", "pid": 1, "started": "then"}))
+    with pytest.raises(eprjax.ParameterError, match="in use by another run"):
+        _stream.Lock(folder).acquire()
+    old = time.time() - _stream.STALE - 5
+    os.utime(lock, (old, old))
+    mine = _stream.Lock(folder)
+    mine.acquire()
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    mine.release()
+    assert not lock.exists()
+
+
+def test_the_fingerprint_sees_any_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = tmp_path / "a"
+    a.write_bytes(bytes(range(256)) * 4096)
+    first = _stream.fingerprint(a)
+    b = tmp_path / "b"
+    b.write_bytes(bytes(range(256)) * 4096)
+    assert _stream.fingerprint(b) == first
+    raw = bytearray(a.read_bytes())
+    raw[500_000] ^= 1
+    a.write_bytes(bytes(raw))
+    assert _stream.fingerprint(a) != first
+    # a file larger than the whole-file limit: sampled blocks, the first and the last among them
+    monkeypatch.setattr(_stream, "FINGERPRINT_WHOLE", 1000)
+    monkeypatch.setattr(_stream, "FINGERPRINT_BLOCKS", 2)
+    sampled = _stream.fingerprint(b)
+    raw = bytearray(b.read_bytes())
+    raw[-1] ^= 1
+    b.write_bytes(bytes(raw))
+    assert _stream.fingerprint(b) != sampled
 
 
 def test_one_compilation_per_run(files: Path, capsys) -> None:
@@ -195,7 +382,7 @@ def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.Monk
     save = _stream.Store.save
 
     def interrupted(self, t, index, *rest):
-        if len(list(self.path.glob("*.npz"))) == 3:
+        if self.finished() == 3:
             raise KeyboardInterrupt
         save(self, t, index, *rest)
 
@@ -213,7 +400,7 @@ def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.Monk
         assert p.returncode == 0, err[-3000:]
     assert "process 1 of 2" in outs[0][1] and "process 2 of 2" in outs[1][1]
     plan = eprjax.plan_segments((12, 88, 88), np.asarray(eprjax.read("psf").data), segment=(40, 40), overlap=(16, 16))
-    assert f"process 2 of 2: {plan.count // 2} of {plan.count} segments" in outs[1][1]
+    assert f"process 2 of 2: {plan.count} segments, claimed as they go" in outs[1][1]
     restored = [int(re.search(r"(\d+) segments restored in", err).group(1)) for _, err in outs]
     assert sum(restored) == plan.count - 3 and min(restored) > 0
     a, b = eprjax.read("one").data, eprjax.read("two").data
@@ -286,3 +473,16 @@ def test_peak_memory_stays_under_the_budget(workdir: Path) -> None:
     peak = _peak(["epr", *common, "big", "big_out"], workdir)
     assert eprjax.read("big_out").shape == (32, 640, 640)
     assert peak < baseline + budget * 2**20, (peak / 2**20, baseline / 2**20)  # measured 452 < 342 + 160 MiB
+
+
+def test_a_store_the_file_system_refuses_is_one_line(files: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A full or read-only file system under the store: one line naming the file, not an
+    internal error; nothing written."""
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(self.path / "segments"))
+
+    monkeypatch.setattr(_stream.Store, "save", full)
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "out"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "internal error" not in err, err
+    assert not Path("out.i2i").exists() and not Path("out.i2i.segments").exists()  # the empty store is removed

@@ -49,6 +49,29 @@ def test_plan_follows_the_memory_budget() -> None:
         eprjax.plan_segments((32, 512, 512), psf, segment=(20, 20), overlap=(26, 26))
 
 
+def test_impossible_budgets_and_overlaps_are_refused_at_once(caplog) -> None:
+    """A budget too small for any useful segment, or a padding too large, is refused at
+    once (it once looped for ever); an overlap that leaves the segments advancing by less
+    than a quarter of their size is refused when given and reduced to half the segment,
+    with a warning, when it is the default (an 86-voxel default overlap on 96-voxel segments
+    made 100 segments of a 16x192x192 volume, 92 made 625)."""
+    import time
+
+    psf = gaussian_psf((15, 31, 31), (2.0, 4.0, 4.0))  # half-width 14: default overlap 86
+    started = time.perf_counter()
+    with pytest.raises(eprjax.ParameterError, match="over the budget of"):
+        eprjax.plan_segments((16, 192, 192), psf, memory_bytes=1000)
+    with pytest.raises(eprjax.ParameterError, match="smaller -pad"):
+        eprjax.plan_segments((16, 192, 192), psf, pad=(99999, 99999, 99999), memory_bytes=2**30)
+    assert time.perf_counter() - started < 5
+    with pytest.raises(eprjax.ParameterError, match="advance by 4 voxels"):
+        eprjax.plan_segments((16, 192, 192), psf, segment=(96, 96), overlap=(92, 92))
+    with caplog.at_level("WARNING", logger="eprjax"):
+        plan = eprjax.plan_segments((16, 192, 192), psf, segment=(96, 96))
+    assert plan.overlap == (48, 48) and plan.count == 9 and "reduced from 86" in caplog.text
+    assert eprjax.plan_segments((16, 192, 192), psf, segment=(96, 96), overlap=(72, 72)).count == 25  # a quarter: allowed
+
+
 def test_segmented_agrees_with_whole(volume) -> None:
     g, psf, whole = volume
     seg = eprjax.restore(g, psf, alpha=1e-3, tol=1e-5, max_iterations=2000, segment=(48, 48))

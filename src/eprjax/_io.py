@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import mmap
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,6 +39,8 @@ def file_format(path: str | os.PathLike[str]) -> tuple[Path, Format]:
     """The file's path (``.i2i`` appended to a name without an image ending, as the original
     programs did: ``mycell_`` is ``mycell_.i2i``) and its format."""
     p = Path(path)
+    if p.name in ("", ".", "..") or str(path).endswith(os.sep):
+        raise ParameterError(f"{str(path)!r}: not a file name (give an image file, e.g. cell.i2i)")
     lower = p.name.lower()
     if lower.endswith((".ome.tif", ".ome.tiff")):
         return p, "ome-tiff"
@@ -222,7 +226,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     parent = target.parent
     if not parent.is_dir():
         raise ParameterError(f"{target}: the directory {parent} does not exist")
-    tmp = parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    _remove_abandoned(parent, target.name)
+    tmp = parent / f".{target.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.part"
     _PARTIAL.add(tmp)
     try:
         yield tmp
@@ -240,6 +245,30 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 _PARTIAL: set[Path] = set()  # the temporary files of outputs being written
+_HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+
+
+def _remove_abandoned(folder: Path, name: str) -> None:
+    """Remove the temporary files that runs on this host, now dead (killed while writing
+    ``name``), left in ``folder``; those of live processes and other hosts are left alone."""
+    prefix = f".{name}.{_HOST}."
+    with contextlib.suppress(OSError):
+        for tmp in folder.glob(f".{glob.escape(name)}.*.part"):
+            pid = tmp.name[len(prefix) :].split(".")[0] if tmp.name.startswith(prefix) else ""
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 CANCEL = threading.Event()  # set by a program that is stopping (Ctrl-C): no output is put in place after it
 
 

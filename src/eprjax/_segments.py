@@ -9,6 +9,7 @@ weights that fall smoothly (raised cosine) across each overlap, so no seam shows
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -21,6 +22,8 @@ from ._operator import default_pad, factor3, make_grid, psf_half_support, voxels
 
 BYTES_PER_OBJECT_VOXEL = 60  # peak bytes per object-grid voxel, float32: measured 49-60 (CPU, 64-128x256x256)
 MEMORY_MARGIN = 0.5  # use at most this share of the device's memory
+
+log = logging.getLogger("eprjax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,30 +143,55 @@ def plan_segments(
     # a segment's inner edges have real light beyond them: there its padding reaches the
     # PSF's whole lateral half-support (the volume's own edges keep the default's)
     cut_pad = pad if explicit else (pad[0], max(pad[1], fine_half[1]), max(pad[2], fine_half[2]))
-    overlap = tuple(int(o) for o in (overlap if overlap is not None else (6 * max(1, half[1]) + 2, 6 * max(1, half[2]) + 2)))
+    given = overlap is not None
+    overlap = tuple(int(o) for o in (overlap if given else (6 * max(1, half[1]) + 2, 6 * max(1, half[2]) + 2)))
     if len(overlap) != 2 or min(overlap) < 0:
         raise ParameterError(f"overlap must be (y, x) >= 0 voxels, got {overlap}")
     budget = int(memory_bytes if memory_bytes is not None else MEMORY_MARGIN * device_memory())
     chosen = segment is None
+
+    def need(trial: tuple[int, int]) -> int:
+        return voxels(make_grid((z, *trial), cut_pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
+
     if chosen:
         side = max(ny, nx)
         if voxels(make_grid((z, ny, nx), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL > budget:
-            while side > 1:
-                trial = (min(side, ny), min(side, nx))
-                if voxels(make_grid((z, *trial), cut_pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL <= budget:
-                    break
-                side = math.ceil(side * 0.85)
+            # the smallest segment to choose overlaps its neighbours on at most half its width;
+            # if even that does not fit, say so at once
+            smallest = max(2, 2 * max(overlap))
+            if need((min(smallest, ny), min(smallest, nx))) > budget:
+                raise ParameterError(
+                    f"one segment of {z}x{min(smallest, ny)}x{min(smallest, nx)} voxels (the smallest that overlaps its "
+                    f"neighbours by {overlap[0]}x{overlap[1]} on at most half its width), padded by {cut_pad[1]}x{cut_pad[2]}, "
+                    f"needs about {need((min(smallest, ny), min(smallest, nx))) / 2**20:.0f} MiB, over the budget of "
+                    f"{budget / 2**20:.3g} MiB: give more memory, or a smaller -pad or -overlap"
+                )
+            while side > smallest and need((min(side, ny), min(side, nx))) > budget:
+                side = max(smallest, min(side - 1, math.ceil(side * 0.85)))
         segment = (min(side, ny), min(side, nx))
     segment = (min(int(segment[0]), ny), min(int(segment[1]), nx))
+    overlap = list(overlap)
     for axis, (s, o) in enumerate(zip(segment, overlap, strict=True)):
         n = (ny, nx)[axis]
-        if s < n and s <= o:
-            if chosen:
-                raise ParameterError(
-                    f"a memory budget of {budget / 2**20:.0f} MiB allows segments of only {s}x{s} voxels, no larger than "
-                    f"their overlap of {o}: give more memory, or a smaller overlap"
-                )
-            raise ParameterError(f"segments of {segment} voxels cannot overlap by {overlap}: make them larger than the overlap")
+        if s >= n or 4 * (s - o) >= s:
+            continue  # the segments advance by at least a quarter of their size
+        if not given:
+            # the default overlap (six PSF half-widths) close to the segment's size would
+            # restore every voxel many times over (segments advancing by a few voxels): half
+            log.warning(
+                "segments of %d voxels along %s: the overlap is reduced from %d (six PSF half-widths + 2) to %d, half a "
+                "segment (the segments' edges then differ more from a whole restoration; larger segments avoid it)",
+                s, "YX"[axis], o, s // 2,
+            )
+            overlap[axis] = s // 2
+        elif s <= o:
+            raise ParameterError(f"segments of {segment} voxels cannot overlap by {tuple(overlap)}: make them larger than the overlap")
+        else:
+            raise ParameterError(
+                f"segments of {s} voxels overlapping by {o} along {'YX'[axis]} advance by {s - o} voxels, restoring every voxel "
+                f"about {s / (s - o):.0f} times over in each direction: give an overlap of at most three quarters of the segment ({3 * s // 4}), or larger segments"
+            )
+    overlap = tuple(overlap)
     starts = tuple((y, x) for y in _starts(ny, segment[0], overlap[0]) for x in _starts(nx, segment[1], overlap[1]))
     if len(starts) > 1:
         pad = cut_pad

@@ -8,18 +8,27 @@ for the read and let go after), every finished segment is saved to the store at 
 whole, then renamed), and the result is summed into a float32 file on disk, a segment at a
 time, from which the output is written a plane at a time.
 
-The store is a folder beside the output: ``manifest.json`` (what was restored, and how) and
-one ``.npz`` file per finished segment. A run that stops part-way leaves it; a later run with
-the same inputs and settings (``resume=True``) restores only what is missing. Several
-processes (hosts) share one store on a shared file system: each restores its share of the
-segments, and one of them recomposes the result.
+The store is a Zarr group in a folder beside the output (`Store`): a marker saying it is
+eprjax's, one chunk per segment, a record per finished segment (checksum and statistics),
+the manifest (what was restored, and how, the input known by its content) in its
+attributes, and the lock of the run using it. A run that stops part-way leaves it; a later
+run with the same inputs and settings (``resume=True``) restores only what is missing or
+damaged. Several processes (hosts) share one store on a shared file system: each claims the
+next free segments as it goes, and one of them recomposes the result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,14 +36,14 @@ from typing import Any
 import numpy as np
 
 from ._errors import EprjaxError, ParameterError
-from ._io import _planes, atomic_output, file_backing
+from ._io import _alive, _planes, atomic_output, file_backing
 from ._operator import make_grid
 from ._restore import local_devices, solve_segments
 from ._segments import SegmentPlan, weight, weight_total
 
-MANIFEST = "manifest.json"
+log = logging.getLogger("eprjax")
+
 RESULT = "restored.f32"
-STORE_FORMAT = 1
 
 
 class Source:
@@ -86,90 +95,336 @@ class Source:
                 raise ParameterError(f"{name}: the data hold NaN or infinite values ({where}plane {z + 1})")
 
 
+STORE_FORMAT = 2
+MARKER = "eprjax-store.json"  # written first: the folder is an eprjax store (and may be removed by eprjax)
+SEGMENTS = "segments"  # the Zarr array (volume, segment, z, y, x), one chunk per segment
+DONE = "done"  # one record per finished segment: its checksum and statistics, written after its chunk
+CLAIMS = "claims"  # one file per segment a process has taken on (created exclusively)
+LOCK = "lock.json"  # the run holding the store: host, process, start; its mtime the heartbeat
+HEARTBEAT = 10.0  # seconds between the lock's heartbeats
+STALE = 120.0  # a lock whose heartbeat is older than this (from another host) belongs to a dead run
+FINGERPRINT_WHOLE = 1 << 30  # inputs up to this many bytes are hashed whole; larger ones by sampled blocks
+FINGERPRINT_BLOCKS = 256  # ... this many blocks of 1 MiB, evenly spaced, the first and the last among them
+_LEGACY = re.compile(r"(manifest\.json|restored\.f32|t\d{5}-s\d{6}\.npz|\..*\.part)")  # format 1's files
+
+
 class Store:
-    """The finished segments of a run, one file each, in the folder ``path``."""
+    """The finished segments of a run: a Zarr group in the folder ``path``.
+
+    One float32 array (volume, segment, z, y, x) with one chunk per segment (written even
+    when all zero, so that a zero segment does not look missing), and beside it one record
+    per finished segment (its SHA-1, shape, iterations, relative gradient and result),
+    written after the chunk: a segment counts as finished only when its record exists and
+    its chunk reads back with that shape, finite and with that checksum. The manifest (what
+    was restored, and how) is in the group's attributes."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._array: Any = None
 
-    def _file(self, t: int, index: int) -> Path:
-        return self.path / f"t{t:05d}-s{index:06d}.npz"
+    def _record(self, t: int, index: int) -> Path:
+        return self.path / DONE / f"t{t:05d}-s{index:06d}.json"
+
+    def array(self) -> Any:
+        if self._array is None:
+            import zarr
+
+            self._array = zarr.open_array(str(self.path / SEGMENTS), mode="r+")
+        return self._array
 
     def has(self, t: int, index: int) -> bool:
-        return self._file(t, index).exists()
+        """Whether segment ``index`` of volume ``t`` is finished and intact (`check`)."""
+        return self.check(t, index) is None
+
+    def recorded(self, t: int, index: int) -> bool:
+        """Whether the segment has a record (finished; `prepare_store` checked it on -resume)."""
+        return self._record(t, index).exists()
+
+    def check(self, t: int, index: int) -> str | None:
+        """None if the segment is finished and intact, else what is wrong with it."""
+        try:
+            self._verified(t, index)
+        except _Damaged as e:
+            return str(e)
+        return None
+
+    def _verified(self, t: int, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        try:
+            record = json.loads(self._record(t, index).read_text())
+        except FileNotFoundError:
+            raise _Damaged("not restored yet") from None
+        except (OSError, ValueError) as e:
+            raise _Damaged(f"its record is unreadable ({e})") from None
+        try:
+            f = np.asarray(self.array()[t, index])
+        except Exception as e:  # noqa: BLE001 - a truncated or damaged chunk, whatever zarr makes of it
+            raise _Damaged(f"its data are unreadable ({type(e).__name__})") from None
+        if not isinstance(record, dict) or list(f.shape) != record.get("shape") or f.dtype != np.float32:
+            raise _Damaged(f"its data have shape {f.shape} {f.dtype}, not the {record.get('shape') if isinstance(record, dict) else '?'} float32 recorded")
+        if not bool(np.all(np.isfinite(f))):
+            raise _Damaged("its data hold NaN or infinite values")
+        if hashlib.sha1(np.ascontiguousarray(f).tobytes()).hexdigest() != record.get("sha1"):
+            raise _Damaged("its data do not match their checksum")
+        return f, record
 
     def save(self, t: int, index: int, f: np.ndarray, iterations: int, relative_gradient: float, result: int) -> None:
-        """Save a restored segment, whole or not at all."""
-        with atomic_output(self._file(t, index)) as tmp, open(tmp, "wb") as out:
-            np.savez(out, f=f, iterations=iterations, relative_gradient=relative_gradient, result=result)
+        """Save a restored segment: its chunk, then its record (written whole, then renamed)."""
+        f = np.ascontiguousarray(f, dtype=np.float32)
+        self.array()[t, index] = f
+        record = {
+            "sha1": hashlib.sha1(f.tobytes()).hexdigest(), "shape": list(f.shape), "iterations": int(iterations),
+            "relative_gradient": float(relative_gradient), "result": int(result),
+        }
+        with atomic_output(self._record(t, index)) as tmp:
+            tmp.write_text(json.dumps(record))
 
     def load(self, t: int, index: int) -> np.ndarray:
-        """A saved segment's restoration."""
-        with np.load(self._file(t, index)) as saved:
-            return saved["f"]
+        """A saved segment's restoration, checked; an `EprjaxError` if it is missing or damaged."""
+        try:
+            return self._verified(t, index)[0]
+        except _Damaged as e:
+            raise EprjaxError(f"{self.path}: segment {index + 1} of volume {t + 1}: {e}; run again with -resume") from None
 
     def statistics(self, t: int, index: int) -> tuple[int, float, int]:
         """A saved segment's (iterations, relative gradient, result)."""
-        with np.load(self._file(t, index)) as saved:
-            return int(saved["iterations"]), float(saved["relative_gradient"]), int(saved["result"])
+        record = json.loads(self._record(t, index).read_text())
+        return int(record["iterations"]), float(record["relative_gradient"]), int(record["result"])
 
     def finished(self) -> int:
-        """How many segments are saved (of all volumes)."""
-        return sum(1 for _ in self.path.glob("t*-s*.npz"))
+        """How many segments have a record (of all volumes)."""
+        return sum(1 for _ in (self.path / DONE).glob("t*-s*.json"))
 
     def manifest(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.path / MANIFEST).read_text())
-        except (OSError, ValueError):
+            meta = json.loads((self.path / "zarr.json").read_text())
+            return meta["attributes"]["eprjax"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def matches(self, manifest: dict[str, Any]) -> bool:
         """Whether the store was prepared (`prepare_store`) for a run described by ``manifest``."""
-        return self.manifest() == _stamped(manifest)
+        stored = self.manifest()
+        return stored is not None and {k: v for k, v in stored.items() if k != "store_shape"} == _stamped(manifest)
+
+    def claim(self, t: int, index: int) -> bool:
+        """Take segment ``index`` of volume ``t`` on, unless another process has: True if this
+        one now holds it (an exclusive create, atomic on local and NFS v3+ file systems)."""
+        try:
+            fd = os.open(self.path / CLAIMS / f"t{t:05d}-s{index:06d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return True
+
+
+class _Damaged(Exception):
+    pass
+
+
+def is_store(path: Path) -> bool:
+    """Whether ``path`` is a folder eprjax made for its segments (its marker, or the files of
+    the first store format and nothing else)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if (path / MARKER).is_file():
+        return True
+    try:
+        legacy = json.loads((path / "manifest.json").read_text()).get("eprjax_store") == 1
+    except (OSError, ValueError, AttributeError):
+        return False
+    return legacy and all(_LEGACY.fullmatch(p.name) and p.is_file() for p in path.iterdir())
+
+
+def fingerprint(path: str | os.PathLike[str]) -> str:
+    """An input file's identity by its content: SHA-1 of its size and bytes (whole up to
+    `FINGERPRINT_WHOLE`, else `FINGERPRINT_BLOCKS` evenly spaced blocks of 1 MiB), so that a
+    changed file is recognised whatever its modification time says."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= FINGERPRINT_WHOLE:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        else:
+            block = 1 << 20
+            for k in range(FINGERPRINT_BLOCKS):
+                f.seek((size - block) * k // (FINGERPRINT_BLOCKS - 1))
+                digest.update(f.read(block))
+    return f"{size}:{digest.hexdigest()}"
+
+
+class Lock:
+    """The hold of one run on a store: ``lock.json`` (host, process, start) created
+    exclusively, its modification time renewed every `HEARTBEAT` seconds by a thread. A lock
+    whose process is dead (on this host), or whose heartbeat is older than `STALE` seconds
+    (on another), is taken over, with a warning."""
+
+    def __init__(self, store: Path) -> None:
+        self.path = store / LOCK
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:
+                    continue  # released meanwhile
+                owner, age, alive = holder
+                if alive:
+                    raise ParameterError(
+                        f"{self.path.parent}: in use by another run ({owner}, heartbeat {age:.0f} s ago); wait for it to "
+                        f"end, or if it is dead, remove {self.path}"
+                    )
+                log.warning("%s: taking over the lock of a run that is no longer alive (%s)", self.path.parent, owner)
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                continue
+            with os.fdopen(fd, "w") as out:
+                json.dump(me, out)
+            self._thread = threading.Thread(target=self._beat, name="eprjax-store-heartbeat", daemon=True)
+            self._thread.start()
+            return
+        raise ParameterError(f"{self.path.parent}: could not lock the store ({self.path} keeps changing)")
+
+    def _holder(self) -> tuple[str, float, bool] | None:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+            info = json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            info = {}
+            age = STALE + 1 if not self.path.exists() else time.time() - self.path.stat().st_mtime
+        host, pid = info.get("host"), info.get("pid")
+        owner = f"process {pid} on {host}, since {info.get('started', '?')}"
+        if host == socket.gethostname() and isinstance(pid, int):
+            return owner, age, _alive(pid)
+        return owner, age, age < STALE
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+            self._thread = None
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
 
 def _stamped(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"eprjax_store": STORE_FORMAT, **manifest}
 
 
-def prepare_store(path: str | os.PathLike[str], manifest: dict[str, Any], *, resume: bool) -> tuple[Store, int]:
-    """The store for a run described by ``manifest`` (JSON values), and how many finished
-    segments it keeps. ``resume``: keep the segments of an earlier run with the same
-    manifest (a `ParameterError` naming what differs if it is not the same); otherwise an
-    earlier run's segments are discarded. Call from one process only."""
-    store = Store(path)
-    manifest = _stamped(manifest)
-    old = store.manifest()
-    if store.path.exists() and not store.path.is_dir():
-        raise ParameterError(f"{store.path}: exists and is not a folder; remove it (eprjax keeps finished segments there)")
-    if resume and old is not None:
-        differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-        if differ:
-            shown = "; ".join(f"{k}: {_short(old.get(k))} then, {_short(manifest.get(k))} now" for k in differ[:3])
-            raise ParameterError(
-                f"-resume: the segments in {store.path} were restored from other inputs or settings ({shown}); "
-                "run without -resume to start again"
-            )
-        return store, store.finished()
-    if store.path.exists():
-        shutil.rmtree(store.path)
-    store.path.mkdir(parents=True)
-    with atomic_output(store.path / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return store, 0
+def check_store_path(path: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """``path`` if eprjax may keep a store there: absent, or a store of its own holding none
+    of ``inputs``; else a one-line `ParameterError` (eprjax never removes a folder it did
+    not make, nor one holding an input)."""
+    folder = Path(path)
+    if folder.is_symlink():
+        raise ParameterError(f"{folder}: is a symbolic link; eprjax keeps its segments in a folder of its own there: remove the link")
+    if folder.exists() and not folder.is_dir():
+        raise ParameterError(f"{folder}: exists and is not a folder; remove it (eprjax keeps finished segments there)")
+    if not folder.exists():
+        return folder
+    here = folder.resolve()
+    for name in inputs:
+        inside = Path(name).resolve()
+        if inside == here or here in inside.parents:
+            raise ParameterError(f"{name}: lies inside {folder}, where eprjax keeps (and then removes) its segments: move it, or write the output elsewhere")
+    if not is_store(folder):
+        raise ParameterError(f"{folder}: exists and is not an eprjax store; eprjax will not remove it: move it, or write the output elsewhere")
+    return folder
+
+
+def prepare_store(
+    path: str | os.PathLike[str], manifest: dict[str, Any], shape: Sequence[int], *, resume: bool,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> tuple[Store, int, Lock]:
+    """The store for a run described by ``manifest`` (JSON values), for segments of
+    ``shape`` (volumes, segments, z, y, x), locked by this run; how many intact finished
+    segments it keeps; and the lock (release it when the run ends). ``resume``: keep the
+    segments of an earlier run with the same manifest (a `ParameterError` naming what
+    differs if it is not the same; damaged segments are counted out, to be restored again);
+    otherwise an earlier run's segments are discarded. Call from one process only."""
+    import zarr
+
+    folder = check_store_path(path, inputs)
+    store = Store(folder)
+    manifest = _stamped({**manifest, "store_shape": [int(n) for n in shape]})
+    lock = Lock(folder)
+    if folder.exists():
+        lock.acquire()  # before anything in it is read or removed: no other run is using it
+    try:
+        old = store.manifest()
+        if resume and old is not None:
+            differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            if differ:
+                shown = "; ".join(f"{k}: {_short(old.get(k))} then, {_short(manifest.get(k))} now" for k in differ[:3])
+                raise ParameterError(
+                    f"-resume: the segments in {folder} were restored from other inputs or settings ({shown}); "
+                    "run without -resume to start again"
+                )
+            shutil.rmtree(folder / CLAIMS, ignore_errors=True)  # the run that claimed them is over
+            (folder / CLAIMS).mkdir()
+            kept, damaged = 0, []
+            for t in range(int(shape[0])):
+                for i in range(int(shape[1])):
+                    problem = store.check(t, i)
+                    if problem is None:
+                        kept += 1
+                    elif store._record(t, i).exists():
+                        damaged.append(f"segment {i + 1} of volume {t + 1}: {problem}")
+                        store._record(t, i).unlink()
+            if damaged:
+                log.warning("-resume: %d stored segment(s) rejected, to be restored again (%s)", len(damaged), "; ".join(damaged[:3]))
+            return store, kept, lock
+        if folder.exists():
+            lock.release()
+            _remove_store(folder)
+        folder.mkdir(parents=True)
+        with atomic_output(folder / MARKER) as tmp:
+            tmp.write_text(json.dumps({"eprjax_store": STORE_FORMAT, "created_by": f"{socket.gethostname()} {os.getpid()}"}))
+        lock.acquire()
+        (folder / DONE).mkdir()
+        (folder / CLAIMS).mkdir()
+        group = zarr.open_group(str(folder), mode="a")
+        z, y, x = (int(n) for n in shape[2:])
+        group.create_array(
+            SEGMENTS, shape=tuple(int(n) for n in shape), chunks=(1, 1, z, y, x), dtype="float32", fill_value=np.nan,
+            compressors=None, config={"write_empty_chunks": True},
+        )
+        group.attrs["eprjax"] = manifest
+        return store, 0, lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _remove_store(folder: Path) -> None:
+    """Remove an eprjax store (checked by `is_store` first: never another folder)."""
+    if not is_store(folder):
+        raise ParameterError(f"{folder}: is not an eprjax store; eprjax will not remove it")
+    shutil.rmtree(folder)
+
+
+def remove_store(folder: str | os.PathLike[str]) -> None:
+    """Remove a finished run's store, if it is one (quietly otherwise)."""
+    with contextlib.suppress(OSError, ParameterError):
+        _remove_store(Path(folder))
 
 
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def my_segments(plan: SegmentPlan, volumes: int, share: tuple[int, int]) -> list[tuple[int, int]]:
-    """The (volume, segment) pairs process ``share[0]`` of ``share[1]`` restores: every
-    share[1]-th, so that each process gets segments from all over the volume."""
-    index, count = share
-    pairs = [(t, i) for t in range(volumes) for i in range(plan.count)]
-    return pairs[index::count]
 
 
 def restore_into_store(
@@ -187,46 +442,56 @@ def restore_into_store(
     one: Callable[[np.ndarray, int], tuple[np.ndarray, int, float, int]] | None = None,
     weigh: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> int:
-    """Restore this process's share of the segments of every volume that the store does not
-    hold yet, a chunk (``plan.batch`` segments on each device) at a time, saving each as it
-    is done. Every chunk has the same size (the last is padded), so that one compiled
-    function serves the run. ``report(done, total)`` after each chunk. ``one(segment,
+    """Restore the segments of every volume that the store does not hold yet, claiming
+    them as it goes (`Store.claim`: processes sharing the store each take the next free
+    ones, so a fast host is not left waiting for a slow one), a chunk (``plan.batch``
+    segments on each device) at a time, saving each as it is done. Every chunk has the same
+    size (the last is padded), so that one compiled function serves the run. ``share``:
+    this process's (index, count), to start each process elsewhere in the volume.
+    ``report(finished, total)`` after each chunk, over all processes. ``one(segment,
     volume)``: restore each segment by this instead, one at a time (for progress reports as
     it iterates); it returns (f, iterations, relative gradient, result). ``weigh(segment)``:
-    the data term's weights for a segment (None: unweighted). Returns how many segments
-    were restored."""
+    the data term's weights for a segment (None: unweighted). Returns how many segments this
+    process restored."""
     grid = make_grid((plan.data_shape[0], *plan.segment), plan.pad, plan.factor)
-    mine = my_segments(plan, source.count, share)
-    todo = [(t, i) for t, i in mine if not store.has(t, i)]
-    chunk = min(plan.batch * len(local_devices(devices)), max(1, len(mine)))
+    pairs = [(t, i) for t in range(source.count) for i in range(plan.count)]
+    start = len(pairs) * share[0] // max(share[1], 1)
+    todo = [p for p in pairs[start:] + pairs[:start] if not store.recorded(*p)]
+    chunk = 1 if one is not None else min(plan.batch * len(local_devices(devices)), max(1, len(todo)))
     sy, sx = plan.segment
-    if one is not None:
-        for done, (t, i) in enumerate(todo, 1):
+    restored = 0
+    while todo:
+        mine: list[tuple[int, int]] = []
+        while todo and len(mine) < chunk:
+            pair = todo.pop(0)
+            if store.claim(*pair):
+                mine.append(pair)
+        if not mine:
+            break
+        if one is not None:
+            (t, i), = mine
             store.save(t, i, *one(source.region(t, *plan.starts[i], sy, sx), t))
-            if report is not None:
-                report(done, len(todo))
-        return len(todo)
-    for start in range(0, len(todo), chunk):
-        pairs = todo[start : start + chunk]
-        stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in pairs])
-        f, k, rel, result = solve_segments(
-            stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=chunk,
-            weights=None if weigh is None else np.stack([weigh(s) for s in stacked]),
-        )
-        del stacked
-        for j, (t, i) in enumerate(pairs):
-            store.save(t, i, f[j], int(k[j]), float(rel[j]), int(result[j]))
-        del f
+        else:
+            stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in mine])
+            f, k, rel, result = solve_segments(
+                stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=chunk,
+                weights=None if weigh is None else np.stack([weigh(s) for s in stacked]),
+            )
+            del stacked
+            for j, (t, i) in enumerate(mine):
+                store.save(t, i, f[j], int(k[j]), float(rel[j]), int(result[j]))
+            del f
+        restored += len(mine)
         if report is not None:
-            report(start + len(pairs), len(todo))
-    return len(todo)
+            report(store.finished(), len(pairs))
+    return restored
 
 
 def assemble(store: Store, plan: SegmentPlan, volumes: int, *, squeeze: bool = False) -> np.memmap:
     """The restored volumes (T, Z, Y, X) on the restoration's grid, recomposed from the
     store's segments into ``restored.f32`` there, a segment at a time; returned read-only
     (memory-mapped; ``squeeze``: one volume as (Z, Y, X)). An `EprjaxError` if a segment is
-    missing."""
+    missing or damaged (each is checked as it is read)."""
     fine = plan.finer()
     shape = (volumes, *fine.data_shape)
     path = store.path / RESULT
@@ -235,8 +500,6 @@ def assemble(store: Store, plan: SegmentPlan, volumes: int, *, squeeze: bool = F
     sy, sx = fine.segment
     for t in range(volumes):
         for i, (y, x) in enumerate(fine.starts):
-            if not store.has(t, i):
-                raise EprjaxError(f"{store.path}: segment {i + 1} of volume {t + 1} is missing; run again with -resume")
             share = (weight(fine, i) / total[y : y + sy, x : x + sx]).astype(np.float32)
             f = store.load(t, i) * share
             out = np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
@@ -253,7 +516,7 @@ def summary(store: Store, plan: SegmentPlan, volumes: int) -> tuple[int, float, 
 
 
 def describe_share(share: tuple[int, int], plan: SegmentPlan, volumes: int, devices: Sequence[Any]) -> str:
-    mine = len(my_segments(plan, volumes, share))
     who = f"process {share[0] + 1} of {share[1]}: " if share[1] > 1 else ""
     what = "segments" if plan.count > 1 else "volumes"
-    return f"{who}{mine} of {volumes * plan.count} {what} on {len(devices)} device(s), {plan.batch} at a time on each"
+    claimed = ", claimed as they go" if share[1] > 1 else ""
+    return f"{who}{volumes * plan.count} {what}{claimed} on {len(devices)} device(s), {plan.batch} at a time on each"
