@@ -124,7 +124,9 @@ def plan_segments(
         overlap: (y, x); default: six times the PSF's lateral half-width, plus 2: the
             margins each segment leaves out at a shared edge (one half-width each) and a wide
             blend between them (segmented and whole restorations then differ by < 1 % of the
-            data's range; 3x gave 3 % in the tests).
+            data's range; 3x gave 3 % in the tests), cut to half the segment (with a
+            warning) where it would leave the segments advancing by less than a quarter of
+            their size; a given overlap that would is refused.
         pad: (z, y, x) padding of each segment; default: the whole volume's (`restore`'s default).
         memory_bytes: the budget; default: half of the device's memory.
         batch: segments restored at once; default: as many as fit the budget.
