@@ -344,6 +344,17 @@ def test_missing_file(tmp_path: Path) -> None:
         eprjax.read(tmp_path / "d.i2i") if (tmp_path / "d.i2i").mkdir() is None else None
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("name", ["pipe.i2i", "pipe.tif"])
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path, name: str) -> None:
+    """Opening a FIFO with no writer blocks for ever; it is refused before that."""
+    os.mkfifo(tmp_path / name)
+    started = time.perf_counter()
+    with pytest.raises(eprjax.FileFormatError, match="not a regular file"):
+        eprjax.read(tmp_path / name)
+    assert time.perf_counter() - started < 5
+
+
 # -- writing whole or not at all ----------------------------------------------------------
 
 

@@ -66,6 +66,8 @@ def input_path(path: str | os.PathLike[str]) -> tuple[Path, Format]:
         raise MissingFileError(f"{p}: no such file")
     if p.is_dir():
         raise FileFormatError(f"{p}: is a directory, not an image file")
+    if not p.is_file():  # a FIFO, a socket or a device: opening it could block for ever
+        raise FileFormatError(f"{p}: not a regular file (a pipe or a device?); eprjax reads image files")
     return p, fmt
 
 
