@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -264,6 +265,7 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
     worker = threading.Thread(target=work, name="eprjax-command", daemon=True)
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    heard = _signal_heard()
     try:
         worker.start()
         while not done.wait(0.1):
@@ -283,7 +285,42 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
         os._exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        heard.close()
     return result.get("code", 130)
+
+
+class _signal_heard:  # noqa: N801 - used as a function
+    """Whether SIGINT or SIGTERM has arrived, even before the main thread has run its
+    handler (which sets `STOP`): the signal still pending, or its number written to the
+    wakeup pipe by the interpreter's C-level handler. Outputs check it before they are put
+    in place (`eprjax._io.STOPPING`), so that a signal that arrives while one is written
+    always keeps it from appearing, however the threads are scheduled."""
+
+    def __init__(self) -> None:
+        from eprjax import _io
+
+        self._io = _io
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._heard = False
+        _io.STOPPING.append(self)
+
+    def __call__(self) -> bool:
+        if self._heard or signal.sigpending() & {signal.SIGINT, signal.SIGTERM}:
+            return True
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._heard = bool(set(os.read(self._read, 512)) & {int(signal.SIGINT), int(signal.SIGTERM)})
+        return self._heard
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(self._previous)
+        with contextlib.suppress(ValueError):
+            self._io.STOPPING.remove(self)
+        os.close(self._read)
+        os.close(self._write)
 
 
 def _run(app: typer.Typer, prog: str, argv: list[str]) -> int:

@@ -235,7 +235,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if CANCEL.is_set():
+        if CANCEL.is_set() or any(heard() for heard in STOPPING):
             raise KeyboardInterrupt  # the program is stopping: the output is abandoned, not put in place
         os.replace(tmp, target)
     except BaseException:
@@ -272,6 +272,7 @@ def _alive(pid: int) -> bool:
         return True
     return True
 CANCEL = threading.Event()  # set by a program that is stopping (Ctrl-C): no output is put in place after it
+STOPPING: list[Any] = []  # callables saying whether a stop was asked for that CANCEL may not show yet (a signal still on its way to the main thread)
 
 
 def remove_partial_outputs() -> int:
