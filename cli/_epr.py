@@ -304,7 +304,8 @@ def _run_segments(
     manifest["alpha"] = alpha
     lock = None
     if first:
-        shape = (source.count, plan.count, *plan.finer().data_shape[:1], *plan.finer().segment)
+        fine = plan.finer()
+        shape = (source.count, plan.count, fine.data_shape[0], *fine.segment)
         _, kept, lock = prepare_store(folder, manifest, shape, resume=big.resume, inputs=inputs)
         if kept:
             log.info("-resume: %d of %d segments already restored in %s", kept, plan.count * source.count, folder)

@@ -265,7 +265,7 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
     worker = threading.Thread(target=work, name="eprjax-command", daemon=True)
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    heard = _signal_heard()
+    heard = _SignalWatch()
     try:
         worker.start()
         while not done.wait(0.1):
@@ -289,7 +289,7 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
     return result.get("code", 130)
 
 
-class _signal_heard:  # noqa: N801 - used as a function
+class _SignalWatch:
     """Whether SIGINT or SIGTERM has arrived, even before the main thread has run its
     handler (which sets `STOP`): the signal still pending, or its number written to the
     wakeup pipe by the interpreter's C-level handler. Outputs check it before they are put

@@ -247,6 +247,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 _PARTIAL: set[Path] = set()  # the temporary files of outputs being written
+CANCEL = threading.Event()  # set by a program that is stopping (Ctrl-C): no output is put in place after it
+STOPPING: list[Callable[[], bool]] = []  # whether a stop was asked for that CANCEL may not show yet (a signal still on its way to the main thread)
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
 
@@ -271,8 +273,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-CANCEL = threading.Event()  # set by a program that is stopping (Ctrl-C): no output is put in place after it
-STOPPING: list[Any] = []  # callables saying whether a stop was asked for that CANCEL may not show yet (a signal still on its way to the main thread)
 
 
 def remove_partial_outputs() -> int:

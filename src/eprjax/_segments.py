@@ -152,12 +152,13 @@ def plan_segments(
     budget = int(memory_bytes if memory_bytes is not None else MEMORY_MARGIN * device_memory())
     chosen = segment is None
 
-    def need(trial: tuple[int, int]) -> int:
-        return voxels(make_grid((z, *trial), cut_pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
+    def need(trial: tuple[int, int], padding: tuple[int, ...] = cut_pad) -> int:
+        """Predicted peak bytes of one segment of ``trial`` (y, x) voxels."""
+        return voxels(make_grid((z, *trial), padding, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
 
     if chosen:
         side = max(ny, nx)
-        if voxels(make_grid((z, ny, nx), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL > budget:
+        if need((ny, nx), pad) > budget:
             # the smallest segment to choose overlaps its neighbours on at most half its width;
             # if even that does not fit, say so at once
             smallest = max(2, 2 * max(overlap))
@@ -197,7 +198,7 @@ def plan_segments(
     starts = tuple((y, x) for y in _starts(ny, segment[0], overlap[0]) for x in _starts(nx, segment[1], overlap[1]))
     if len(starts) > 1:
         pad = cut_pad
-    per = voxels(make_grid((z, *segment), pad, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
+    per = need(segment, pad)
     if per > budget and memory_bytes is not None:
         raise ParameterError(
             f"one {z}x{segment[0]}x{segment[1]} segment needs about {per / 2**20:.0f} MiB, over the budget of {budget / 2**20:.0f} MiB"

@@ -208,14 +208,20 @@ class Store:
 
     def claim(self, t: int, index: int) -> bool:
         """Take segment ``index`` of volume ``t`` on, unless another process has: True if this
-        one now holds it (an exclusive create, atomic on local and NFS v3+ file systems)."""
-        try:
-            fd = os.open(self.path / CLAIMS / f"t{t:05d}-s{index:06d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as out:
-            out.write(f"{socket.gethostname()} {os.getpid()}\n")
-        return True
+        one now holds it (`_create`)."""
+        return _create(self.path / CLAIMS / f"t{t:05d}-s{index:06d}", f"{socket.gethostname()} {os.getpid()}\n")
+
+
+def _create(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists (an exclusive create, atomic on local
+    and NFS v3+ file systems): whether this call created it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return True
 
 
 class _Damaged(Exception):
@@ -266,11 +272,9 @@ class Lock:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not _create(self.path, me):
                 holder = self._holder()
                 if holder is None:
                     continue  # released meanwhile
@@ -284,8 +288,6 @@ class Lock:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
                 continue
-            with os.fdopen(fd, "w") as out:
-                json.dump(me, out)
             self._thread = threading.Thread(target=self._beat, name="eprjax-store-heartbeat", daemon=True)
             self._thread.start()
             return
@@ -294,12 +296,16 @@ class Lock:
     def _holder(self) -> tuple[str, float, bool] | None:
         try:
             age = time.time() - self.path.stat().st_mtime
-            info = json.loads(self.path.read_text() or "{}")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        try:
+            info = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None  # released meanwhile
+        except (OSError, ValueError):  # half written or unreadable: no owner to name
             info = {}
-            age = STALE + 1 if not self.path.exists() else time.time() - self.path.stat().st_mtime
+        if not isinstance(info, dict):
+            info = {}
         host, pid = info.get("host"), info.get("pid")
         owner = f"process {pid} on {host}, since {info.get('started', '?')}"
         if host == socket.gethostname() and isinstance(pid, int):
