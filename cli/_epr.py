@@ -369,8 +369,8 @@ def _run_segments(
             lock.release()
 
 
-Input = Annotated[str, typer.Argument(metavar="IN", help="Image to restore (.i2i, .tif, .ome.tif; no ending means .i2i).")]
-Output = Annotated[str, typer.Argument(metavar="OUT", help="Restored image to write (float32).")]
+Input = Annotated[str, typer.Argument(metavar="IN", help="Image to restore (.i2i, .tif, .ome.tif, .ome.zarr; no ending means .i2i).")]
+Output = Annotated[str, typer.Argument(metavar="OUT", help="Restored image to write (float32; .i2i, .tif, .ome.tif, .ome.zarr).")]
 PsfFile = Annotated[str, typer.Option("-psf", help="The prepared PSF (from preppsf): origin at the centre, same voxel size as the data.")]
 Smoothness = Annotated[
     str,

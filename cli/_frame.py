@@ -215,6 +215,8 @@ def check_output(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]
             source = Path(given)
         if _same_file(target, source):
             raise eprjax.ParameterError(f"{target}: refusing to write over the input {given}")
+        if target.resolve() in source.resolve().parents:  # an OME-Zarr output replaces its whole folder
+            raise eprjax.ParameterError(f"{target}: refusing to replace a folder that holds the input {given}")
     return target
 
 

@@ -16,6 +16,17 @@ def _library(x: Any) -> str:
     return type(x).__module__.split(".")[0]
 
 
+LAZY_LIBRARIES = ("zarr", "dask", "h5py", "xarray", "tensorstore")
+
+
+def is_lazy(x: Any) -> bool:
+    """Whether ``x`` is an array read by slicing, not held in memory: a Zarr array, a dask
+    array, an h5py dataset, a memory map, the pixels of an OME-Zarr image."""
+    from ._omezarr import LazyArray  # noqa: PLC0415
+
+    return isinstance(x, (np.memmap, LazyArray)) or (_library(x) in LAZY_LIBRARIES and hasattr(x, "shape") and hasattr(x, "__getitem__"))
+
+
 def to_jax(x: Any, name: str) -> jax.Array:
     """``x`` as a JAX array: JAX arrays as they are, others through DLPack (zero-copy where
     the device and layout allow) or NumPy."""

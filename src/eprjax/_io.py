@@ -8,6 +8,7 @@ import math
 import mmap
 import os
 import secrets
+import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,9 +20,10 @@ import numpy as np
 from ._errors import EprjaxError, FileFormatError, MissingFileError, ParameterError
 from ._i2i import PIXEL_TYPES, pixel_type_for, read_i2i, write_i2i
 from ._image import Image, as_image
+from ._omezarr import DEFAULT_VERSION, LazyArray, is_ome_zarr, iter_files, levels, read_ome_zarr, write_ome_zarr
 from ._tiff import read_tiff, write_tiff
 
-Format = Literal["i2i", "tiff", "ome-tiff"]
+Format = Literal["i2i", "tiff", "ome-tiff", "ome-zarr"]
 Int16Mode = Literal["auto", "clip", "scale", "halve"]
 
 INT16_MODES = ("auto", "clip", "scale", "halve")
@@ -30,7 +32,7 @@ INT16_MODES = ("auto", "clip", "scale", "halve")
 # a TIFF or i2i ending is an i2i name given without ".i2i", as the original programs allow.
 _OTHER_IMAGE_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".czi", ".nd2", ".lif", ".lsm", ".oib", ".oif",
-    ".ims", ".dv", ".r3d", ".mrc", ".zarr", ".n5", ".h5", ".hdf5", ".npy", ".npz", ".nrrd",
+    ".ims", ".dv", ".r3d", ".mrc", ".n5", ".h5", ".hdf5", ".npy", ".npz", ".nrrd",
     ".nii", ".ics", ".ids", ".vsi", ".svs", ".stk", ".btf", ".tf8", ".ome", ".xml", ".txt",
 }
 
@@ -44,6 +46,8 @@ def file_format(path: str | os.PathLike[str]) -> tuple[Path, Format]:
     lower = p.name.lower()
     if lower.endswith((".ome.tif", ".ome.tiff")):
         return p, "ome-tiff"
+    if lower.endswith(".zarr"):
+        return p, "ome-zarr"
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff"):
         return p, "tiff"
@@ -51,7 +55,7 @@ def file_format(path: str | os.PathLike[str]) -> tuple[Path, Format]:
         return p, "i2i"
     if suffix in _OTHER_IMAGE_SUFFIXES:
         raise ParameterError(
-            f"{p}: unsupported file type {p.suffix!r}; eprjax reads and writes .i2i, .tif, .tiff and .ome.tif"
+            f"{p}: unsupported file type {p.suffix!r}; eprjax reads and writes .i2i, .tif, .tiff, .ome.tif and .ome.zarr"
         )
     return p.with_name(p.name + ".i2i"), "i2i"
 
@@ -64,6 +68,10 @@ def input_path(path: str | os.PathLike[str]) -> tuple[Path, Format]:
         p = Path(path)
     if not p.exists():
         raise MissingFileError(f"{p}: no such file")
+    if fmt == "ome-zarr":
+        if not p.is_dir():
+            raise FileFormatError(f"{p}: not a folder; an OME-Zarr image is a folder")
+        return p, fmt
     if p.is_dir():
         raise FileFormatError(f"{p}: is a directory, not an image file")
     if not p.is_file():  # a FIFO, a socket or a device: opening it could block for ever
@@ -72,15 +80,16 @@ def input_path(path: str | os.PathLike[str]) -> tuple[Path, Format]:
 
 
 def read(path: str | os.PathLike[str], *, channel: int | None = None) -> Image:
-    """Read an image file: i2i, TIFF, ImageJ hyperstack or OME-TIFF, chosen by its name.
+    """Read an image file: i2i, TIFF, ImageJ hyperstack, OME-TIFF or OME-Zarr, chosen by its name.
 
     Args:
         path: the file; a name without an image ending means i2i (``mycell_`` is
             ``mycell_.i2i``).
-        channel: for a multi-channel TIFF, the channel to read (from 0).
+        channel: for a multi-channel TIFF or OME-Zarr, the channel to read (from 0).
 
     Returns:
-        An `Image`: the pixels as stored (memory-mapped and read-only when the file allows),
+        An `Image`: the pixels as stored (memory-mapped and read-only when the file allows;
+        from an OME-Zarr, its full resolution as a lazy array read chunk by chunk when sliced),
         axes (Y, X), (Z, Y, X) or (T, Z, Y, X), with the voxel size in um, the history and
         the origin. i2i files always give (Z, Y, X) or, with several volumes, (T, Z, Y, X).
 
@@ -99,6 +108,8 @@ def read(path: str | os.PathLike[str], *, channel: int | None = None) -> Image:
             if channel not in (None, 0):
                 raise ParameterError(f"{p}: i2i files have one channel; got channel={channel}")
             return read_i2i(p, name=str(p))
+        if fmt == "ome-zarr":
+            return read_ome_zarr(p, name=str(p), channel=channel)
         return read_tiff(p, name=str(p), channel=channel)
     except PermissionError:
         raise FileFormatError(f"{p}: permission denied") from None
@@ -137,6 +148,13 @@ def _planes(data: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]) -> 
     that a memory-mapped array never needs to fit in memory (a whole memory-mapped file is
     read plane by plane from the file, so that the planes read do not stay mapped)."""
     backing = file_backing(data) if data.ndim >= 2 else None
+    if isinstance(data, LazyArray) and data.ndim >= 3:  # chunked: a chunk's depth at a time, each chunk read once
+        depth = data.depth
+        for lead in np.ndindex(*data.shape[:-3]):
+            for z in range(0, data.shape[-3], depth):
+                for plane in data[(*lead, slice(z, z + depth))]:
+                    yield transform(plane)
+        return
     if backing is None:
         for index in _plane_indices(data.shape):
             yield transform(np.asarray(data[index]))
@@ -219,31 +237,73 @@ def int16_conversion(
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], *, folder: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path``, renamed onto it when the block ends without an
-    error and removed when it does not: ``path`` is written whole or not at all."""
+    error and removed when it does not: ``path`` is written whole or not at all.
+
+    ``folder``: the output is a folder (an OME-Zarr image), which the block creates at the
+    temporary path; an OME-Zarr image already at ``path`` is replaced, any other folder
+    refused."""
     target = Path(path)
-    if target.is_dir():
+    if folder:
+        if target.is_dir() and not is_ome_zarr(target):
+            raise ParameterError(f"{target}: a folder that is not an OME-Zarr image is there; eprjax replaces only OME-Zarr images")
+        if target.exists() and not target.is_dir():
+            raise ParameterError(f"{target}: exists and is not a folder; an OME-Zarr image is a folder")
+    elif target.is_dir():
         raise ParameterError(f"{target}: is a directory; give a file name")
     parent = target.parent
     if not parent.is_dir():
         raise ParameterError(f"{target}: the directory {parent} does not exist")
     _remove_abandoned(parent, target.name)
-    tmp = parent / f".{target.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    tmp = _temporary(target)
     _PARTIAL.add(tmp)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        for written in iter_files(tmp) if folder else [tmp]:
+            with open(written, "rb+") as f:
+                os.fsync(f.fileno())
         if CANCEL.is_set() or any(heard() for heard in STOPPING):
             raise KeyboardInterrupt  # the program is stopping: the output is abandoned, not put in place
-        os.replace(tmp, target)
+        if folder and target.is_dir():  # a folder cannot be renamed onto another: the old one is moved aside first
+            old = _temporary(target)  # (not removed by a sudden stop: a later write clears it)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _remove(old)
+        else:
+            os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        _remove(tmp)
         raise
     finally:
         _PARTIAL.discard(tmp)
+
+
+def _stem(target: Path) -> str:
+    """``cell`` for ``cell.ome.zarr``."""
+    name = target.name
+    for ending in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(ending):
+            name = name[: -len(ending)]
+            break
+    return name or "image"
+
+
+def _temporary(target: Path) -> Path:
+    """A hidden name beside ``target`` that says which host and process it belongs to."""
+    return target.parent / f".{target.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.part"
+
+
+def _remove(path: Path) -> bool:
+    """Remove a file or a folder; whether there was one."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError:
+        return False
+    return True
 
 
 _PARTIAL: set[Path] = set()  # the temporary files of outputs being written
@@ -260,8 +320,7 @@ def _remove_abandoned(folder: Path, name: str) -> None:
         for tmp in folder.glob(f".{glob.escape(name)}.*.part"):
             pid = tmp.name[len(prefix) :].split(".")[0] if tmp.name.startswith(prefix) else ""
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+                _remove(tmp)
 
 
 def _alive(pid: int) -> bool:
@@ -280,9 +339,7 @@ def remove_partial_outputs() -> int:
     must end at once, its writing thread cut off); how many there were."""
     count = 0
     for tmp in list(_PARTIAL):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            count += 1
+        count += _remove(tmp)
         _PARTIAL.discard(tmp)
     return count
 
@@ -296,13 +353,16 @@ def write(
     origin: tuple[int, int] | None = None,
     int16: Int16Mode | None = None,
     byteorder: Literal[">", "<"] = ">",
+    ngff: str = DEFAULT_VERSION,
+    pyramid: int = 0,
 ) -> Path:
     """Write an image, in the format its name asks for, whole or not at all.
 
     Args:
         path: the file to write: ``.i2i`` (or no image ending: ``.i2i`` is appended),
             ``.tif`` / ``.tiff`` (ImageJ hyperstack where ImageJ can hold the data, OME-XML
-            otherwise) or ``.ome.tif`` / ``.ome.tiff``.
+            otherwise), ``.ome.tif`` / ``.ome.tiff`` or ``.ome.zarr`` (a folder; an OME-Zarr
+            image already there is replaced, any other folder refused).
         image: an `Image`, or an array (NumPy, JAX, anything NumPy can convert) with axes
             (Y, X), (Z, Y, X) or (T, Z, Y, X).
         voxel_size_um: replaces the image's voxel size (z, y, x), um, where given.
@@ -312,18 +372,30 @@ def write(
             types as float32, type R); otherwise write int16, converted as
             `int16_conversion` describes, with a history line that records how.
         byteorder: for i2i, ``">"`` big-endian as BIG's own writer (default) or ``"<"``.
+        ngff: for OME-Zarr, the NGFF version: ``"0.4"`` (default; Zarr format 2, read by
+            Fiji and BigDataViewer) or ``"0.5"`` (Zarr format 3).
+        pyramid: for OME-Zarr, how many levels of lower resolution to add for viewing, each
+            half the one above in Y and X (2 x 2 means).
 
     Returns:
         The path written (with ``.i2i`` appended where the name had no image ending).
 
     The file is first written beside its target under a temporary name and renamed into
-    place when complete, so a failure or Ctrl-C never leaves a partial file.
+    place when complete, so a failure or Ctrl-C never leaves a partial file. An OME-Zarr
+    image is written a chunk's depth of planes at a time.
     """
     if byteorder not in (">", "<"):
         raise ParameterError(f"byteorder must be '>' or '<', got {byteorder!r}")
-    img = as_image(image, voxel_size_um=voxel_size_um, history=history, origin=origin)
-    data = _to_numpy(img.data)
     target, fmt = file_format(path)
+    if fmt == "ome-zarr":
+        if ngff not in ("0.4", "0.5"):
+            raise ParameterError(f"ngff must be '0.4' or '0.5', got {ngff!r}")
+    elif pyramid:
+        raise ParameterError(f"{target}: a pyramid is written only into OME-Zarr (.ome.zarr)")
+    img = as_image(image, voxel_size_um=voxel_size_um, history=history, origin=origin)
+    data = img.data if isinstance(img.data, LazyArray) else _to_numpy(img.data)
+    if fmt == "ome-zarr":
+        levels(tuple(data.shape), pyramid)  # checked before anything is written
     if int16 is not None:
         transform, note = int16_conversion(data, int16)
         out_dtype = np.dtype(np.int16)
@@ -340,8 +412,10 @@ def write(
         transform = lambda p: p  # noqa: E731
     planes = _planes(data, lambda p: np.asarray(transform(p), dtype=out_dtype))
     try:
-        with atomic_output(target) as tmp:
-            if fmt == "i2i":
+        with atomic_output(target, folder=fmt == "ome-zarr") as tmp:
+            if fmt == "ome-zarr":
+                write_ome_zarr(tmp, img, planes, dtype=out_dtype, version=ngff, pyramid=pyramid, name=_stem(target))
+            elif fmt == "i2i":
                 with open(tmp, "wb") as f:
                     write_i2i(f, img, planes, pixel_type=pixel_type_for(out_dtype), byteorder=byteorder)
             else:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ._arrays import like, to_jax
+from ._arrays import is_lazy, like, to_jax
 from ._errors import EprjaxError, ParameterError
 from ._implicit import implicit_gradients
 from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf, weighted
@@ -574,6 +575,78 @@ def _restore_segmented(data, g, h, alpha, tol, max_iterations, pad, factor, segm
     return solution
 
 
+def _output_array(out: Any, shape: tuple[int, ...]) -> Any:
+    """Where a streamed restoration is summed: zeros in memory (``out`` None), a new Zarr
+    array at a path, or the caller's array (checked, then zeroed)."""
+    if out is None:
+        return np.zeros(shape, np.float32)
+    if isinstance(out, (str, os.PathLike)):
+        import zarr  # noqa: PLC0415
+
+        chunks = (1,) * (len(shape) - 3) + (shape[-3], min(shape[-2], 256), min(shape[-1], 256))
+        try:
+            return zarr.open_array(os.fspath(out), mode="w-", shape=shape, chunks=chunks, dtype=np.float32, fill_value=0.0)
+        except FileExistsError:
+            raise ParameterError(f"out: {out} exists; give a new path (eprjax does not write over it)") from None
+        except zarr.errors.ContainsArrayError:
+            raise ParameterError(f"out: {out} exists; give a new path (eprjax does not write over it)") from None
+        except OSError as e:
+            raise ParameterError(f"out: cannot create {out} ({e.strerror or e})") from None
+    if not (hasattr(out, "shape") and hasattr(out, "__setitem__")):
+        raise ParameterError(f"out must be a path or an array that takes slice assignment (Zarr, h5py, NumPy), got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ParameterError(f"out must be shaped {tuple(shape)} (the restoration's grid), got {tuple(out.shape)}")
+    if np.dtype(out.dtype).kind != "f":
+        raise ParameterError(f"out must hold floating-point values, got {out.dtype}")
+    out[...] = 0
+    return out
+
+
+def _restore_streaming(
+    data, psf, alpha, tol, max_iterations, pad, factor, segment, overlap, memory_bytes, *, devices, weights, out, history, callback, throw,
+) -> Solution:
+    """`restore` of an array read by slicing (or into ``out``): in segments, each read when
+    it is restored and summed into the output when done; the volume is never in memory."""
+    from ._segments import plan_segments
+    from ._stream import Source, restore_streaming
+
+    if history or callback is not None:
+        raise ParameterError("a lazy input (or out=) is restored in segments, without history or callback")
+    if not all(_concrete(x) for x in (psf, alpha)) or isinstance(data, jax.core.Tracer):
+        raise ParameterError("a lazy input (or out=) cannot be restored under a JAX transformation (jit, grad, vmap)")
+    source = Source(data if is_lazy(data) else np.asarray(data))
+    if len(np.shape(data)) not in (3, 4):
+        raise ParameterError(f"data must have axes (Z, Y, X) or (T, Z, Y, X), got shape {tuple(np.shape(data))}")
+    h = np.asarray(psf, np.float32)
+    if h.ndim != 3:
+        raise ParameterError(f"the PSF must have axes (Z, Y, X), got shape {tuple(h.shape)}")
+    check_psf(h)
+    source.check_finite("the data")
+    w = None
+    if weights is not None:
+        w = Source(weights if is_lazy(weights) else np.asarray(weights))
+        if w.shape[1:] != source.shape[1:] or w.count not in (1, source.count):
+            raise ParameterError(f"weights must be shaped like the data {tuple(np.shape(data))} (or one volume), got {tuple(np.shape(weights))}")
+        w.check_weights()
+    k = factor3(factor)
+    plan = plan_segments(
+        source.shape[1:], h, segment=None if segment in (None, "auto") else segment, overlap=overlap,
+        pad=None if pad is None else _pad3(pad), memory_bytes=memory_bytes, factor=k,
+    )
+    shape = (*np.shape(data)[:-3], *plan.finer().data_shape)
+    target = _output_array(out, shape)
+    most, largest, worst = restore_streaming(
+        source, h, alpha=float(alpha), tol=tol, max_iterations=int(max_iterations), plan=plan, out=target, devices=devices, weights=w,
+    )
+    if throw and worst == NONFINITE:
+        raise EprjaxError(MESSAGES[NONFINITE])
+    return Solution(
+        value=target, iterations=jnp.asarray(most), relative_gradient=jnp.asarray(largest, jnp.float32),
+        converged=jnp.asarray(worst == CONVERGED), result=jnp.asarray(worst), alpha=jnp.asarray(alpha, jnp.float32),
+        grid=make_grid((source.shape[1], *plan.segment), plan.pad, k), history=None,
+    )
+
+
 def local_devices(devices: int | None) -> list[jax.Device]:
     """The first ``devices`` of this process's devices (default all), checked."""
     available = jax.local_devices()
@@ -658,6 +731,7 @@ def restore(
     differentiate: str = "implicit",
     throw: bool = True,
     weights: Any = None,
+    out: Any = None,
 ) -> Solution:
     """Restore a 3-D image by EPR: regularised, non-negative least squares (see the restoration page).
 
@@ -708,6 +782,16 @@ def restore(
             ||W^(1/2) (g - H f)||^2. The inverse noise variance, scaled to a mean of 1
             (`noise_weights`), keeps alpha a noise-to-signal ratio; 0 leaves a voxel out
             (saturated, dead). Differentiable, like the data.
+        out: where to put the result instead of memory: a path (a new Zarr array is made
+            there) or an array that takes slice assignment (Zarr, h5py, a NumPy memory map),
+            shaped like the result, float; it is filled and returned as ``.value``.
+
+    Data on disk or lazy (a Zarr array, a dask array, an h5py dataset, a memory map, an
+    OME-Zarr image's pixels from `eprjax.read`), and any data with ``out``, are restored in
+    segments (``segment``, default ``"auto"``: as large as ``memory_bytes`` allows, the
+    whole volume when it fits), each read from the input when it is restored and summed
+    into the result when done: the volume is never held in memory. Such a restoration takes
+    no history or callback and is not differentiable.
 
     Returns:
         A `Solution`; ``.value`` is the restored object on the data grid, float32 (float64
@@ -718,6 +802,19 @@ def restore(
         >>> restored = sol.value
         >>> sol.iterations, sol.converged
     """
+    if _concrete(alpha):
+        a = float(np.asarray(alpha))
+        if not (math.isfinite(a) and a >= 0):
+            raise ParameterError(f"alpha (smoothness) must be a finite number >= 0, got {alpha!r}")
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ParameterError(f"tol (convergence) must be between 0 and 1, got {tol!r}")
+    if not (isinstance(max_iterations, (int, np.integer)) and max_iterations >= 1):
+        raise ParameterError(f"max_iterations must be an integer >= 1, got {max_iterations!r}")
+    if out is not None or is_lazy(data):
+        return _restore_streaming(
+            data, psf, alpha, tol, max_iterations, pad, factor, segment, overlap, memory_bytes,
+            devices=devices, weights=weights, out=out, history=history, callback=callback, throw=throw,
+        )
     g = to_jax(data, "data")
     h = to_jax(psf, "psf")
     if g.ndim < 3:
@@ -728,14 +825,6 @@ def restore(
         raise ParameterError(f"empty data or PSF: shapes {tuple(g.shape)} and {tuple(h.shape)}")
     dtype = _float_dtype(g, h)
     g, h = g.astype(dtype), h.astype(dtype)
-    if _concrete(alpha):
-        a = float(np.asarray(alpha))
-        if not (math.isfinite(a) and a >= 0):
-            raise ParameterError(f"alpha (smoothness) must be a finite number >= 0, got {alpha!r}")
-    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
-        raise ParameterError(f"tol (convergence) must be between 0 and 1, got {tol!r}")
-    if not (isinstance(max_iterations, (int, np.integer)) and max_iterations >= 1):
-        raise ParameterError(f"max_iterations must be an integer >= 1, got {max_iterations!r}")
     if _concrete(h):
         check_psf(h)
     if _concrete(g) and not bool(jnp.all(jnp.isfinite(g))):

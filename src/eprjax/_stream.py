@@ -37,6 +37,7 @@ import numpy as np
 
 from ._errors import EprjaxError, ParameterError
 from ._io import _alive, _planes, atomic_output, file_backing
+from ._omezarr import iter_files
 from ._operator import make_grid
 from ._restore import local_devices, solve_segments
 from ._segments import SegmentPlan, weight, weight_total
@@ -54,7 +55,9 @@ class Source:
     Planes (Y, X) and single volumes (Z, Y, X) count as one volume (of one plane)."""
 
     def __init__(self, data: Any) -> None:
-        shape = tuple(int(n) for n in np.shape(data))
+        if not (hasattr(data, "shape") and hasattr(data, "dtype") and hasattr(data, "__getitem__")):
+            data = np.asarray(data)
+        shape = tuple(int(n) for n in data.shape)
         if len(shape) not in (2, 3, 4):
             raise ParameterError(f"expected an image of 2 to 4 axes, got shape {shape}")
         self.shape: tuple[int, int, int, int] = (1,) * (4 - len(shape)) + shape  # type: ignore[assignment]
@@ -66,17 +69,20 @@ class Source:
         """How many volumes (T)."""
         return self.shape[0]
 
-    def _open(self) -> np.ndarray:
+    def _open(self) -> Any:
         if self._file is None:
-            return np.asarray(self._data).reshape(self.shape)
+            return self._data
         name, offset, dtype, shape = self._file
-        return np.memmap(name, dtype=dtype, mode="r", offset=offset, shape=shape).reshape(self.shape)
+        return np.memmap(name, dtype=dtype, mode="r", offset=offset, shape=shape)
 
     def region(self, t: int, y: int, x: int, sy: int, sx: int) -> np.ndarray:
-        """Volume ``t``'s voxels [:, y:y+sy, x:x+sx], float32."""
+        """Volume ``t``'s voxels [:, y:y+sy, x:x+sx], float32; only those are read from a
+        lazy array (Zarr, dask, h5py, a memory map)."""
         view = self._open()
         try:
-            return np.array(view[t, :, y : y + sy, x : x + sx], dtype=np.float32)
+            lead = {4: (t,), 3: (), 2: ()}[len(view.shape)]
+            region = view[(*lead, slice(None), slice(y, y + sy), slice(x, x + sx))] if len(view.shape) > 2 else view[y : y + sy, x : x + sx]
+            return np.array(region, dtype=np.float32).reshape(self.shape[1], *np.shape(region)[-2:])
         finally:
             del view
 
@@ -84,11 +90,21 @@ class Source:
         """Volume ``t``, float32, in memory."""
         return self.region(t, 0, 0, self.shape[2], self.shape[3])
 
+    def check_weights(self) -> None:
+        """A one-line `ParameterError` unless the values are finite, >= 0 and not all zero."""
+        positive = False
+        for plane in _planes(self._data, lambda p: p):
+            if not bool(np.all(np.isfinite(plane) & (plane >= 0))):
+                raise ParameterError("weights must be finite and >= 0")
+            positive = positive or bool(np.any(plane > 0))
+        if not positive:
+            raise ParameterError("the weights are zero everywhere: no voxel is left to fit")
+
     def check_finite(self, name: str) -> None:
         """A one-line `ParameterError` if any value is NaN or infinite (a plane at a time)."""
         if np.dtype(getattr(self._data, "dtype", np.float32)).kind not in "fc":
             return
-        for index, plane in enumerate(_planes(np.asanyarray(self._data), lambda p: p)):
+        for index, plane in enumerate(_planes(self._data, lambda p: p)):
             if not bool(np.all(np.isfinite(plane))):
                 t, z = divmod(index, self.shape[1])
                 where = f"volume {t + 1}, " if self.shape[0] > 1 else ""
@@ -243,9 +259,28 @@ def is_store(path: Path) -> bool:
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
-    """An input file's identity by its content: SHA-1 of its size and bytes (whole up to
-    `FINGERPRINT_WHOLE`, else `FINGERPRINT_BLOCKS` evenly spaced blocks of 1 MiB), so that a
-    changed file is recognised whatever its modification time says."""
+    """An input's identity by its content, so that a changed input is recognised whatever
+    its modification time says. A file: SHA-1 of its size and bytes (whole up to
+    `FINGERPRINT_WHOLE`, else `FINGERPRINT_BLOCKS` evenly spaced blocks of 1 MiB). A folder
+    (OME-Zarr): of every file's name and size, and the contents of all of them up to
+    `FINGERPRINT_WHOLE` in all, else of the metadata and `FINGERPRINT_BLOCKS` evenly spaced
+    chunks."""
+    if os.path.isdir(path):
+        files = sorted((str(f.relative_to(path)), f) for f in iter_files(Path(path)))
+        sizes = [f.stat().st_size for _, f in files]
+        total = sum(sizes)
+        digest = hashlib.sha1(str(total).encode())
+        for (name, _), size in zip(files, sizes, strict=True):
+            digest.update(f"{name}\0{size}\0".encode())
+        if total <= FINGERPRINT_WHOLE:
+            chosen = range(len(files))
+        else:
+            meta = [i for i, (name, _) in enumerate(files) if os.path.basename(name) in (".zarray", ".zattrs", ".zgroup", "zarr.json")]
+            spaced = {(len(files) - 1) * k // max(FINGERPRINT_BLOCKS - 1, 1) for k in range(FINGERPRINT_BLOCKS)}
+            chosen = sorted(set(meta) | spaced)
+        for i in chosen:
+            digest.update(files[i][1].read_bytes())
+        return f"{total}:{digest.hexdigest()}"
     size = os.path.getsize(path)
     digest = hashlib.sha1(str(size).encode())
     with open(path, "rb") as f:
@@ -493,6 +528,57 @@ def restore_into_store(
     return restored
 
 
+def add_segment(out: Any, lead: tuple[int, ...], fine: SegmentPlan, index: int, f: np.ndarray, total: np.ndarray) -> None:
+    """Add restored segment ``index`` (on the fine grid), weighted by its share of
+    `weight_total` ``total``, into ``out[lead]`` (any array that takes slice assignment:
+    NumPy, a memory map, Zarr)."""
+    y, x = fine.starts[index]
+    sy, sx = fine.segment
+    share = (weight(fine, index) / total[y : y + sy, x : x + sx]).astype(np.float32)
+    where = (*lead, slice(None), slice(y, y + sy), slice(x, x + sx))
+    out[where] = np.asarray(out[where], dtype=np.float32) + np.asarray(f, np.float32) * share
+
+
+def restore_streaming(
+    source: Source,
+    h: np.ndarray,
+    *,
+    alpha: float,
+    tol: float,
+    max_iterations: int,
+    plan: SegmentPlan,
+    out: Any,
+    devices: int | None = None,
+    weights: Source | None = None,
+) -> tuple[int, float, int]:
+    """Restore every volume of ``source`` in the segments of ``plan``, a chunk (``plan.batch``
+    on each device) at a time, and add each, weighted, into ``out`` (zeros, shaped (T, Z, Y,
+    X) on the restoration's grid, or (Z, Y, X) for one volume) as it is done: only a chunk of
+    segments is in memory, never the volume. ``weights``: the data term's weights, read
+    like the data. Returns (most iterations, largest relative gradient, worst result)."""
+    grid = make_grid((plan.data_shape[0], *plan.segment), plan.pad, plan.factor)
+    fine = plan.finer()
+    total = weight_total(fine)
+    pairs = [(t, i) for t in range(source.count) for i in range(plan.count)]
+    chunk = min(plan.batch * len(local_devices(devices)), len(pairs))
+    sy, sx = plan.segment
+    squeeze = len(out.shape) == 3
+    most, largest, worst = 0, 0.0, 0
+    for start in range(0, len(pairs), chunk):
+        mine = pairs[start : start + chunk]
+        stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in mine])
+        w = None if weights is None else np.stack([weights.region(min(t, weights.count - 1), *plan.starts[i], sy, sx) for t, i in mine])
+        f, k, rel, result = solve_segments(
+            stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=chunk, weights=w,
+        )
+        del stacked, w
+        for j, (t, i) in enumerate(mine):
+            add_segment(out, () if squeeze else (t,), fine, i, f[j], total)
+        most, largest, worst = max(most, int(k.max())), max(largest, float(rel.max())), max(worst, int(result.max()))
+        del f
+    return most, largest, worst
+
+
 def assemble(store: Store, plan: SegmentPlan, volumes: int, *, squeeze: bool = False) -> np.memmap:
     """The restored volumes (T, Z, Y, X) on the restoration's grid, recomposed from the
     store's segments into ``restored.f32`` there, a segment at a time; returned read-only
@@ -503,15 +589,12 @@ def assemble(store: Store, plan: SegmentPlan, volumes: int, *, squeeze: bool = F
     path = store.path / RESULT
     np.memmap(path, dtype=np.float32, mode="w+", shape=shape).flush()  # zeros, on disk
     total = weight_total(fine)
-    sy, sx = fine.segment
     for t in range(volumes):
-        for i, (y, x) in enumerate(fine.starts):
-            share = (weight(fine, i) / total[y : y + sy, x : x + sx]).astype(np.float32)
-            f = store.load(t, i) * share
+        for i in range(fine.count):
             out = np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
-            out[t, :, y : y + sy, x : x + sx] += f
+            add_segment(out, (t,), fine, i, store.load(t, i), total)
             out.flush()
-            del out, f
+            del out
     return np.memmap(path, dtype=np.float32, mode="r", shape=shape[1:] if squeeze and volumes == 1 else shape)
 
 
