@@ -34,7 +34,7 @@ from ._tune import NOISE_HELP, NOISE_MODES, Weighing, choose_alpha, noise_weighi
 log = logging.getLogger("eprjax")
 
 AUTO = -1.0  # -sm auto, as a number
-NOISE_VOXELS = 1 << 26  # -noise poisson measures the noise on the whole first volume up to this size (about 1.5 GiB of filtering), else on segments
+NOISE_BYTES_PER_VOXEL = 56  # what measuring the noise (estimate_noise, then the weights) holds per voxel: measured 55.5 (32x512x512)
 SUPER_FACTOR, SUPER_ITERATIONS, SUPER_CONVERGENCE = 2, 300, 0.001  # super_epr's fixed settings (the originals')
 
 
@@ -189,7 +189,7 @@ def _run(
     alpha = given if given is not None else alpha_from_history(image, input)
     log.info("device %s; compilation cache %s", chosen, cache)
     pad_zyx = None if pad is None else (pad[1], pad[0], pad[0])
-    budget = int(big.memory * 2**20) if big.memory is not None else int(MEMORY_MARGIN * device_memory(chosen))
+    budget = _budget(big, chosen)
     plan = eprjax.plan_segments(
         source.shape[-3:], h, segment=None if big.segment is None else (big.segment[1], big.segment[0]),
         overlap=None if big.overlap is None else (big.overlap[1], big.overlap[0]), pad=pad_zyx,
@@ -256,6 +256,39 @@ def _write(image: eprjax.Image, result: np.ndarray, target: Path, factor: tuple[
     log.info("wrote %s", written)
 
 
+def _budget(big: Big, chosen: jax.Device) -> int:
+    """The memory budget, bytes: -memory, else half the device's."""
+    return int(big.memory * 2**20) if big.memory is not None else int(MEMORY_MARGIN * device_memory(chosen))
+
+
+def _noise_sample(source: Source, plan: eprjax.SegmentPlan, budget: int) -> np.ndarray:
+    """Where a segmented run measures the noise, within the memory ``budget``: the whole
+    first volume when measuring it fits, else its representative segments (the brightest,
+    and down to the median) as many as fit, or the centre of the brightest one."""
+    cap = max(budget // NOISE_BYTES_PER_VOXEL, 1)
+    if math.prod(source.shape[-3:]) <= cap:
+        return source.volume(0)
+    sy, sx = plan.segment
+    picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
+    nz = source.shape[1]
+    count = max(1, min(len(picked), cap // (nz * sy * sx)))
+    picked = _brightest(source, plan, picked, count)
+    side = min(sy, sx, max(8, math.isqrt(cap // max(nz * count, 1))))
+    cy, cx = (sy - min(side, sy)) // 2, (sx - min(side, sx)) // 2
+    ty, tx = min(side, sy), min(side, sx)
+    log.debug("the noise is measured on %d segment(s), %dx%dx%d voxels each, within the memory budget", count, nz, ty, tx)
+    return np.stack([source.region(0, plan.starts[i][0] + cy, plan.starts[i][1] + cx, ty, tx) for i in picked])
+
+
+def _brightest(source: Source, plan: eprjax.SegmentPlan, picked: list[int], count: int) -> list[int]:
+    """The ``count`` brightest of segments ``picked`` (of the first volume), in order."""
+    if count >= len(picked):
+        return picked
+    sy, sx = plan.segment
+    totals = {i: float(np.sum(source.region(0, *plan.starts[i], sy, sx), dtype=np.float64)) for i in picked}
+    return sorted(sorted(picked, key=lambda i: -totals[i])[:count])
+
+
 def _run_segments(
     image: eprjax.Image, source: Source, h: np.ndarray, target: Path, input: str, psf_name: str, smoothness: str, alpha: float,
     iterations: int, convergence: float, plan: eprjax.SegmentPlan, chosen: jax.Device, big: Big,
@@ -278,13 +311,7 @@ def _run_segments(
     sy, sx = plan.segment
     weighing = None
     if TUNE.noise != "gaussian":
-        # the noise model from the first volume (as a whole run measures it), or where that
-        # is too large to filter in memory, from its representative segments
-        if math.prod(source.shape[-3:]) <= NOISE_VOXELS:
-            region = source.volume(0)
-        else:
-            picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
-            region = np.stack([source.region(0, *plan.starts[i], sy, sx) for i in picked])
+        region = _noise_sample(source, plan, _budget(big, chosen))
         weighing = noise_weighing(region, input, TUNE.noise)
         del region
     if alpha == AUTO:
@@ -297,6 +324,8 @@ def _run_segments(
                 # one alpha for every volume and segment, tuned on a few representative
                 # segments of the first volume, together
                 picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
+                # restored together: as many as the memory budget lets restore at once
+                picked = _brightest(source, plan, picked, max(1, plan.batch))
                 log.info("tuning on segments %s of %d (the brightest, and down to the median)", ", ".join(str(i + 1) for i in picked), plan.count)
                 sample = np.stack([source.region(0, *plan.starts[i], sy, sx) for i in picked])
                 alpha, chosen_by = _tuned(sample, h, image, input, plan.pad, factor, convergence, iterations, chosen, weighing)

@@ -229,8 +229,11 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _stop_requested(signum: int, frame: Any) -> None:
+    """SIGINT's and SIGTERM's handler: only sets `STOP`, which the main thread's wait sees.
+    It raises nothing: Python runs a handler wherever the main thread is, and an exception
+    raised inside a garbage-collector callback (JAX has one) is printed and swallowed."""
+    STOP.set()
 
 
 STOP = CANCEL  # set when Ctrl-C or SIGTERM arrives: the command stops at its next report, and writes nothing more
@@ -265,13 +268,15 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
             done.set()
 
     worker = threading.Thread(target=work, name="eprjax-command", daemon=True)
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, _stop_requested)
     heard = _SignalWatch()
     try:
         worker.start()
         while not done.wait(0.1):
-            pass
+            if STOP.is_set():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         STOP.set()
         if not done.wait(GRACE):
@@ -286,7 +291,8 @@ def run(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         heard.close()
     return result.get("code", 130)
 
