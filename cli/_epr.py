@@ -22,7 +22,8 @@ from eprjax._io import input_path
 from eprjax._restore import MESSAGES, NONFINITE, local_devices
 from eprjax._segments import MEMORY_MARGIN, device_memory, representative
 from eprjax._stream import (
-    Source, Store, assemble, check_store_path, describe_share, fingerprint, prepare_store, remove_store, restore_into_store,
+    Source, Store, assemble, check_store_path, create_result, describe_share, fingerprint, prepare_store, recompose_share,
+    recomposed, remove_store, restore_into_store,
     summary,
 )
 
@@ -378,11 +379,20 @@ def _run_segments(
                 remove_store(folder)  # nothing in it to resume from
             raise
         log.info("%d segments restored in %.1f s", count, time.perf_counter() - started)
-        barrier("eprjax: segments restored")
-        if not first:
-            log.info("process %d of %d done; process 1 writes %s", share[0] + 1, share[1], target)
-            return
-        result = assemble(store, plan, source.count, squeeze=source.count == 1)
+        if share[1] > 1:  # every process recomposes the tiles it owns, then the first writes the output
+            if first:
+                create_result(store, plan, source.count)
+            barrier("eprjax: segments restored")
+            started = time.perf_counter()
+            tiles_done = recompose_share(store, plan, source.count, share)
+            log.info("%d tiles of the result recomposed in %.1f s", tiles_done, time.perf_counter() - started)
+            barrier("eprjax: result recomposed")
+            if not first:
+                log.info("process %d of %d done; process 1 writes %s", share[0] + 1, share[1], target)
+                return
+            result = recomposed(store, source.count)
+        else:
+            result = assemble(store, plan, source.count, squeeze=source.count == 1)
         k, rel, worst = summary(store, plan, source.count)
         if worst == NONFINITE:
             raise eprjax.EprjaxError(f"{MESSAGES[NONFINITE]} (in a segment; the finished ones are kept in {folder})")

@@ -415,8 +415,9 @@ def _env(tmp: Path) -> dict[str, str]:
 @pytest.mark.slow  # 25-40 s: two processes started, each compiling; run with -m slow
 def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two local processes joined by jax.distributed (CPU) share the segments, here going on
-    from a one-process run interrupted after 3 of 9 (-resume); the first writes the output,
-    equal to one process's to float32 rounding."""
+    from a one-process run interrupted after 3 of 9 (-resume), and the recomposition (each
+    the tiles it owns); the first writes the output, equal to one process's to float32
+    rounding."""
     args = ["-m", "eprjax.cli", "epr", "-V", "-psf", "psf", *SEGMENTED, "image"]
     one = subprocess.run([sys.executable, *args, "one"], capture_output=True, text=True, env=_env(files), timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -431,7 +432,9 @@ def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.Monk
     assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, "image", "two"]) == 130
     monkeypatch.setattr(_stream.Store, "save", save)
     port = _free_port()
-    cluster = ["-coordinator", f"localhost:{port}", "-num_processes", "2", "-resume"]
+    # three segments at a time (the memory budget), so that each process claims some of the six left
+    one = eprjax.plan_segments((12, 88, 88), np.asarray(eprjax.read("psf").data), segment=(40, 40), overlap=(16, 16), batch=1).peak_bytes
+    cluster = ["-coordinator", f"localhost:{port}", "-num_processes", "2", "-resume", "-memory", f"{3 * one / 2**20:.6f}"]
     procs = [
         subprocess.Popen([sys.executable, *args, "two", *cluster, "-process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(files))
         for i in range(2)
@@ -444,6 +447,9 @@ def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.Monk
     assert f"process 2 of 2: {plan.count} segments, claimed as they go" in outs[1][1]
     restored = [int(re.search(r"(\d+) segments restored in", err).group(1)) for _, err in outs]
     assert sum(restored) == plan.count - 3 and min(restored) > 0
+    # the result recomposed by both, each writing the tiles it owns (9 tiles of 40x40 on 88x88)
+    tiles = [int(re.search(r"(\d+) tiles of the result recomposed", err).group(1)) for _, err in outs]
+    assert tiles == [5, 4]
     a, b = eprjax.read("one").data, eprjax.read("two").data
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(a.max()))
     assert "on 2 processes" in eprjax.read("two").history[-1]

@@ -715,6 +715,72 @@ def assemble(store: Store, plan: SegmentPlan, volumes: int, *, squeeze: bool = F
     return np.memmap(path, dtype=np.float32, mode="r", shape=shape[1:] if squeeze and volumes == 1 else shape)
 
 
+RESULT_ARRAY = "result"  # with several processes: the recomposed result, one chunk column per tile
+
+
+def tiles(plan: SegmentPlan) -> list[tuple[int, int]]:
+    """The (y, x) starts of the result's tiles: a regular grid of tiles the size of a
+    segment (of the fine plan), which are also the result array's chunks in Y and X."""
+    fine = plan.finer()
+    ty, tx = fine.segment
+    return [(y, x) for y in range(0, fine.data_shape[1], ty) for x in range(0, fine.data_shape[2], tx)]
+
+
+def create_result(store: Store, plan: SegmentPlan, volumes: int) -> None:
+    """The store's (empty) result array, (T, Z, Y, X) on the fine grid, in chunks of one
+    plane of one tile: a tile is written by one process, a plane read at a time."""
+    import zarr  # noqa: PLC0415
+
+    fine = plan.finer()
+    zarr.create_array(
+        str(store.path / RESULT_ARRAY), shape=(volumes, *fine.data_shape), chunks=(1, 1, *fine.segment),
+        dtype=np.float32, fill_value=0.0, compressors=None, overwrite=True,
+    )
+
+
+def recompose_share(store: Store, plan: SegmentPlan, volumes: int, share: tuple[int, int]) -> int:
+    """Recompose the tiles of the result this process owns (every ``share[1]``-th, from
+    ``share[0]``) into the store's result array, each from the segments that reach it,
+    weighted as `assemble` weighs them: the processes of a run recompose in parallel, each
+    chunk written by one, and none holds more than a tile and a segment. How many tiles."""
+    import zarr  # noqa: PLC0415
+
+    fine = plan.finer()
+    out = zarr.open_array(store.path / RESULT_ARRAY, mode="r+")
+    total = weight_total(fine)
+    sy, sx = fine.segment
+    nz, ny, nx = fine.data_shape
+    grid = tiles(plan)
+    done = 0
+    for k in range(volumes * len(grid)):
+        if k % share[1] != share[0]:
+            continue
+        t, j = divmod(k, len(grid))
+        y0, x0 = grid[j]
+        y1, x1 = min(y0 + sy, ny), min(x0 + sx, nx)
+        tile = np.zeros((nz, y1 - y0, x1 - x0), np.float32)
+        for i, (y, x) in enumerate(fine.starts):
+            a, b, c, d = max(y, y0), min(y + sy, y1), max(x, x0), min(x + sx, x1)
+            if a >= b or c >= d:
+                continue
+            share_w = (weight(fine, i)[a - y : b - y, c - x : d - x] / total[a:b, c:d]).astype(np.float32)
+            tile[:, a - y0 : b - y0, c - x0 : d - x0] += store.load(t, i)[:, a - y : b - y, c - x : d - x] * share_w
+        out[t, :, y0:y1, x0:x1] = tile
+        done += 1
+        release_memory()
+    return done
+
+
+def recomposed(store: Store, volumes: int) -> Any:
+    """The store's result array, read a plane at a time (one volume as (Z, Y, X))."""
+    import zarr  # noqa: PLC0415
+
+    from ._omezarr import LazyArray  # noqa: PLC0415
+
+    array = zarr.open_array(store.path / RESULT_ARRAY, mode="r")
+    return LazyArray(array, {0: 0} if volumes == 1 else {}, str(store.path / RESULT_ARRAY))
+
+
 def summary(store: Store, plan: SegmentPlan, volumes: int) -> tuple[int, float, int]:
     """(most iterations, largest relative gradient, worst result) over the stored segments."""
     stats = [store.statistics(t, i) for t in range(volumes) for i in range(plan.count)]
