@@ -412,6 +412,57 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "EPRJAX_CACHE_DIR": str(tmp / "cache"), "JAX_PLATFORMS": "cpu"}
 
 
+def _one_at_a_time() -> list[str]:
+    """-memory for restoring the tests' 9 segments one at a time."""
+    one = eprjax.plan_segments((12, 88, 88), np.asarray(eprjax.read("psf").data), segment=(40, 40), overlap=(16, 16), batch=1).peak_bytes
+    return ["-memory", f"{one / 2**20:.6f}"]
+
+
+def _killed_and_resumed(files: Path, delays: list[float]) -> tuple[np.ndarray, list[int]]:
+    """``epr`` on 9 segments, one at a time, killed hard (SIGKILL) after each delay (seconds,
+    counted from its first finished segment) and started again with -resume, until a run
+    finishes; the output and how many segments each killed run left."""
+    args = [sys.executable, "-m", "eprjax.cli", "epr", "-V", "-psf", "psf", *SEGMENTED, *_one_at_a_time(), "image", "out"]
+    left = []
+    store = Path("out.i2i.segments")
+    for k, delay in enumerate([*delays, None]):
+        run = subprocess.Popen([*args, *(["-resume"] if k else [])], stderr=subprocess.PIPE, text=True, env=_env(files))
+        if delay is None:
+            _, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err[-3000:]
+            break
+        deadline = time.monotonic() + 300
+        while run.poll() is None and Store(store).finished() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)
+        run.kill()
+        run.communicate(timeout=60)
+        left.append(Store(store).finished() if store.is_dir() else 0)
+    assert not store.exists() and not list(Path(".").glob(".out.i2i.*"))  # nothing left behind
+    return np.asarray(eprjax.read("out").data), left
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(files: Path) -> None:
+    """SIGKILL (a batch scheduler's hard kill, or a lost node) at a moment inside a run, then
+    -resume: the output equals an uninterrupted run's to float32 rounding (the dead run's lock
+    and claims are taken over, its half-written files never used)."""
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, *_one_at_a_time(), "image", "whole_run"]) == 0
+    expected = eprjax.read("whole_run").data
+    out, left = _killed_and_resumed(files, [0.3])
+    assert 0 < left[0] < 9, left
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_in_a_loop(files: Path) -> None:
+    assert run_eprjax(["epr", "-psf", "psf", *SEGMENTED, *_one_at_a_time(), "image", "whole_run"]) == 0
+    expected = eprjax.read("whole_run").data
+    delays = list(np.random.default_rng(7).uniform(0.0, 1.5, size=5))
+    out, left = _killed_and_resumed(files, delays)
+    assert left == sorted(left), left  # every killed run kept what the ones before it finished
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+
+
 @pytest.mark.slow  # 25-40 s: two processes started, each compiling; run with -m slow
 def test_two_processes_give_what_one_gives(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two local processes joined by jax.distributed (CPU) share the segments, here going on
