@@ -106,7 +106,7 @@ class LazyArray:
         except (IndexError, TypeError):
             raise
         except Exception as e:
-            raise FileFormatError(f"{self.name}: cannot read its pixels ({type(e).__name__}: {e})") from None
+            raise FileFormatError(f"{self.name}: cannot read its pixels ({type(e).__name__}: {' '.join(str(e).split())})") from None
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return np.asarray(self[...], dtype=dtype)
