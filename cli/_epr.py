@@ -191,10 +191,15 @@ def _run(
     log.info("device %s; compilation cache %s", chosen, cache)
     pad_zyx = None if pad is None else (pad[1], pad[0], pad[0])
     budget = _budget(big, chosen)
+    if source.io_bytes > budget // 4:
+        log.warning(
+            "%s: reading its chunks takes %.0f MiB of the %.0f MiB memory budget (a chunk compressed and decompressed); "
+            "an input in smaller chunks leaves more to the restoration", input, source.io_bytes / 2**20, budget / 2**20,
+        )
     plan = eprjax.plan_segments(
         source.shape[-3:], h, segment=None if big.segment is None else (big.segment[1], big.segment[0]),
         overlap=None if big.overlap is None else (big.overlap[1], big.overlap[0]), pad=pad_zyx,
-        memory_bytes=budget, factor=factor,
+        memory_bytes=max(budget - source.io_bytes, budget // 4), factor=factor,
     )
     segmented = plan.count > 1
     if segmented:

@@ -629,6 +629,8 @@ def _restore_streaming(
             raise ParameterError(f"weights must be shaped like the data {tuple(np.shape(data))} (or one volume), got {tuple(np.shape(weights))}")
         w.check_weights()
     k = factor3(factor)
+    if memory_bytes is not None:  # what reading the input's chunks holds comes out of the budget
+        memory_bytes = max(int(memory_bytes) - source.io_bytes, int(memory_bytes) // 4)
     plan = plan_segments(
         source.shape[1:], h, segment=None if segment in (None, "auto") else segment, overlap=overlap,
         pad=None if pad is None else _pad3(pad), memory_bytes=memory_bytes, factor=k,
