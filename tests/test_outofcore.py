@@ -574,9 +574,9 @@ def test_peak_memory_stays_under_the_budget(workdir: Path, ending: str) -> None:
     peak = _peak(["epr", *common, f"big.{ending}", "big_out"], workdir)
     assert eprjax.read("big_out").shape == (32, 1024, 1024)
     chunk = 0 if ending == "i2i" else 2 * 4 * 2**20  # one 4 MiB chunk, compressed and decompressed
-    # measured 374-387 (i2i) and 393-396 MiB (OME-Zarr) against a baseline of 254 (2-core CPU):
-    # the budget is a plan (60 bytes per object voxel), and the first segment brings a
-    # transient the budget does not model (sampled every 10 ms, the steady state is 350-360 MiB)
+    # measured 374-387 (i2i) and 393-401 MiB (OME-Zarr) against a baseline of 254 (2-core CPU):
+    # the budget is a plan (60 bytes per object voxel), low for segments this small (the first
+    # segment's restoration adds 105-115 MiB where 82 are planned), then ~15 MiB of creep
     assert peak < baseline + 1.4 * budget * 2**20 + chunk, (peak / 2**20, baseline / 2**20)
 
 

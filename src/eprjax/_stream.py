@@ -632,6 +632,7 @@ def restore_into_store(
                     store.save(t, i, f[j], int(k[j]), float(rel[j]), int(result[j]))
                 del f
             beat.hold([])
+            release_memory()  # what the chunk's restoration and saving freed (else it creeps up over a run)
             restored += len(mine)
             if report is not None:
                 report(store.finished(), len(pairs))
