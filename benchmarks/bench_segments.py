@@ -38,6 +38,16 @@ def simulated_volume(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarra
     return g, psf
 
 
+def edge_steps(diff: np.ndarray, edges: list[int], width: int) -> tuple[float, float]:
+    """The largest voxel-to-voxel step of ``diff`` (a restoration minus the whole one) along
+    X within ``width`` of one of the pieces' shared ``edges`` (a seam), and elsewhere."""
+    steps = np.abs(np.diff(diff, axis=2))
+    near = np.zeros(steps.shape[2], bool)
+    for e in edges:
+        near[max(0, e - width) : e + width] = True
+    return float(steps[:, :, near].max()), float(steps[:, :, ~near].max()) if (~near).any() else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="32x512x512")

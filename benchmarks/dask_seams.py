@@ -33,16 +33,7 @@ import eprjax
 from eprjax._operator import psf_half_support
 from eprjax._simulate import SEED_OPTICS
 
-from bench_segments import simulated_volume
-
-
-def seams(diff: np.ndarray, edges: list[int], width: int) -> tuple[float, float]:
-    """The largest step of ``diff`` along X within ``width`` of an edge, and elsewhere."""
-    steps = np.abs(np.diff(diff, axis=2))
-    near = np.zeros(steps.shape[2], bool)
-    for e in edges:
-        near[max(0, e - width) : e + width] = True
-    return float(steps[:, :, near].max()), float(steps[:, :, ~near].max()) if (~near).any() else 0.0
+from bench_segments import edge_steps, simulated_volume
 
 
 def main() -> None:
@@ -88,7 +79,7 @@ def main() -> None:
         (f"eprjax segments {b}x{b}, overlap {overlap}", ours, ours_s),
     ):
         diff = result - whole
-        at_edge, elsewhere = seams(diff, edges, overlap)
+        at_edge, elsewhere = edge_steps(diff, edges, overlap)
         rows.append(f"| {name} | {np.abs(diff).max() / span:.2%} | {at_edge / span:.2%} | {elsewhere / span:.2%} | {seconds:.1f} |")
         print(rows[-1], flush=True)
     table = "\n".join(rows) + (

@@ -23,7 +23,7 @@ import eprjax
 from eprjax._operator import psf_half_support
 from eprjax._simulate import SEED_OPTICS
 
-from bench_segments import simulated_volume
+from bench_segments import edge_steps, simulated_volume
 
 
 def main() -> None:
@@ -55,14 +55,11 @@ def main() -> None:
         seg = np.asarray(eprjax.restore(g, psf, segment=(s, s), overlap=(overlap, overlap), **options).value, np.float64)
         seconds = time.perf_counter() - t
         diff = seg - whole
-        steps = np.abs(np.diff(diff, axis=2))
         edges = sorted({x for _, x in plan.starts if x > 0} | {x + s for _, x in plan.starts if x + s < shape[2]})
-        near = np.zeros(steps.shape[2], bool)
-        for e in edges:
-            near[max(0, e - overlap) : e + overlap] = True
+        at_edge, elsewhere = edge_steps(diff, edges, overlap)
         rows.append(
-            f"| {k} | {overlap} | {plan.count} | {np.abs(diff).max() / span:.2%} | {steps[:, :, near].max() / span:.2%} | "
-            f"{steps[:, :, ~near].max() / span if (~near).any() else 0:.2%} | {seconds:.1f} |"
+            f"| {k} | {overlap} | {plan.count} | {np.abs(diff).max() / span:.2%} | {at_edge / span:.2%} | "
+            f"{elsewhere / span:.2%} | {seconds:.1f} |"
         )
         print(rows[-1], flush=True)
     table = "\n".join(rows) + f"\n\n({args.shape} voxels, segments {s}x{s}, -co {args.tol:g}, PSF half-width {half} voxels, {jax.devices()[0].platform}, JAX {jax.__version__})\n"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +22,7 @@ from eprjax._fine import fine_voxel_size
 from eprjax._operator import describe as describe_grid
 from eprjax._io import input_path
 from eprjax._restore import MESSAGES, NONFINITE, local_devices
-from eprjax._segments import MEMORY_MARGIN, device_memory, representative
+from eprjax._segments import MEMORY_MARGIN, device_memory, representative, segment_totals
 from eprjax._stream import (
     Source, Store, assemble, check_store_path, create_result, describe_share, fingerprint, prepare_store, recompose_share,
     recomposed, remove_store, restore_into_store,
@@ -267,32 +269,22 @@ def _budget(big: Big, chosen: jax.Device) -> int:
     return int(big.memory * 2**20) if big.memory is not None else int(MEMORY_MARGIN * device_memory(chosen))
 
 
-def _noise_sample(source: Source, plan: eprjax.SegmentPlan, budget: int) -> np.ndarray:
+def _noise_sample(source: Source, plan: eprjax.SegmentPlan, budget: int, totals: Callable[[], np.ndarray]) -> np.ndarray:
     """Where a segmented run measures the noise, within the memory ``budget``: the whole
     first volume when measuring it fits, else its representative segments (the brightest,
-    and down to the median) as many as fit, or the centre of the brightest one."""
+    and down to the median) as many as fit, or the centre of the brightest one.
+    ``totals()``: the first volume's segment totals (`segment_totals`)."""
     cap = max(budget // NOISE_BYTES_PER_VOXEL, 1)
     if math.prod(source.shape[-3:]) <= cap:
         return source.volume(0)
     sy, sx = plan.segment
-    picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
     nz = source.shape[1]
-    count = max(1, min(len(picked), cap // (nz * sy * sx)))
-    picked = _brightest(source, plan, picked, count)
+    picked = representative(totals(), keep=max(1, cap // (nz * sy * sx)))
+    count = len(picked)
     side = min(sy, sx, max(8, math.isqrt(cap // max(nz * count, 1))))
-    cy, cx = (sy - min(side, sy)) // 2, (sx - min(side, sx)) // 2
-    ty, tx = min(side, sy), min(side, sx)
-    log.debug("the noise is measured on %d segment(s), %dx%dx%d voxels each, within the memory budget", count, nz, ty, tx)
-    return np.stack([source.region(0, plan.starts[i][0] + cy, plan.starts[i][1] + cx, ty, tx) for i in picked])
-
-
-def _brightest(source: Source, plan: eprjax.SegmentPlan, picked: list[int], count: int) -> list[int]:
-    """The ``count`` brightest of segments ``picked`` (of the first volume), in order."""
-    if count >= len(picked):
-        return picked
-    sy, sx = plan.segment
-    totals = {i: float(np.sum(source.region(0, *plan.starts[i], sy, sx), dtype=np.float64)) for i in picked}
-    return sorted(sorted(picked, key=lambda i: -totals[i])[:count])
+    cy, cx = (sy - side) // 2, (sx - side) // 2
+    log.debug("the noise is measured on %d segment(s), %dx%dx%d voxels each, within the memory budget", count, nz, side, side)
+    return np.stack([source.region(0, plan.starts[i][0] + cy, plan.starts[i][1] + cx, side, side) for i in picked])
 
 
 def _run_segments(
@@ -315,9 +307,11 @@ def _run_segments(
     }
     chosen_by = ""
     sy, sx = plan.segment
+    # the segments' totals, read once (a pass over the first volume) if the noise or alpha needs them
+    totals = functools.cache(lambda: segment_totals(lambda y, x: source.region(0, y, x, sy, sx), plan))
     weighing = None
     if TUNE.noise != "gaussian":
-        region = _noise_sample(source, plan, _budget(big, chosen))
+        region = _noise_sample(source, plan, _budget(big, chosen), totals)
         weighing = noise_weighing(region, input, TUNE.noise)
         del region
     if alpha == AUTO:
@@ -329,9 +323,8 @@ def _run_segments(
             if first:
                 # one alpha for every volume and segment, tuned on a few representative
                 # segments of the first volume, together
-                picked = representative(lambda y, x: source.region(0, y, x, sy, sx), plan)
                 # restored together: as many as the memory budget lets restore at once
-                picked = _brightest(source, plan, picked, max(1, plan.batch))
+                picked = representative(totals(), keep=max(1, plan.batch))
                 log.info("tuning on segments %s of %d (the brightest, and down to the median)", ", ".join(str(i + 1) for i in picked), plan.count)
                 sample = np.stack([source.region(0, *plan.starts[i], sy, sx) for i in picked])
                 alpha, chosen_by = _tuned(sample, h, image, input, plan.pad, factor, convergence, iterations, chosen, weighing)

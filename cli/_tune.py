@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 import eprjax
-from eprjax._segments import representative
+from eprjax._segments import representative, segment_totals
 from eprjax._tune import CRITERIA, UNITS, shown
 
 from ._frame import RUN, Progress, command
@@ -99,7 +99,7 @@ def tuning_sample(volume: np.ndarray, h: np.ndarray, pad, factor) -> tuple[np.nd
     if side >= min(ny, nx):
         return volume, pad
     plan = eprjax.plan_segments(volume.shape, h, segment=(side, side), overlap=(0, 0), factor=factor)
-    picked = representative(lambda y, x: volume[:, y : y + side, x : x + side], plan, TUNE_PIECES)
+    picked = representative(segment_totals(lambda y, x: volume[:, y : y + side, x : x + side], plan), TUNE_PIECES)
     log.info(
         "tuning on %d sub-volumes of %dx%dx%d voxels (of %s: the brightest, and down to the median), %.0f %% of the volume",
         len(picked), nz, side, side, "x".join(map(str, volume.shape)), 100 * len(picked) * nz * side * side / volume.size,

@@ -149,7 +149,7 @@ def _planes(data: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]) -> 
     read plane by plane from the file, so that the planes read do not stay mapped)."""
     backing = file_backing(data) if data.ndim >= 2 else None
     if isinstance(data, LazyArray) and data.ndim >= 3:  # chunked: a chunk's depth at a time, each chunk read once
-        depth = data.depth
+        depth = data.chunks[-3]
         for lead in np.ndindex(*data.shape[:-3]):
             for z in range(0, data.shape[-3], depth):
                 for plane in data[(*lead, slice(z, z + depth))]:

@@ -86,7 +86,6 @@ class LazyArray:
         self.ndim = len(self.shape)
         self.size = math.prod(self.shape)
         self.chunks = tuple(int(c) for i, c in enumerate(array.chunks) if i not in fixed)
-        self.depth = self.chunks[-3] if self.ndim >= 3 else 1  # planes per chunk along Z
 
     def _full_key(self, key: Any) -> tuple[Any, ...]:
         key = key if isinstance(key, tuple) else (key,)

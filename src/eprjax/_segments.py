@@ -258,15 +258,23 @@ def cut(data: np.ndarray, plan: SegmentPlan) -> np.ndarray:
     return np.stack([np.asarray(data[:, y : y + sy, x : x + sx]) for y, x in plan.starts])
 
 
-def representative(region: Callable[[int, int], np.ndarray], plan: SegmentPlan, count: int = 3) -> list[int]:
-    """Indices of up to ``count`` segments spanning what the volume holds, for tuning one
-    alpha for all: by total intensity, the brightest and those at evenly spaced quantiles
-    down to the median (the dimmer half, mostly background, says little about alpha).
-    ``region(y, x)``: the segment starting there."""
-    totals = np.array([float(np.sum(region(y, x), dtype=np.float64)) for y, x in plan.starts])
+def segment_totals(region: Callable[[int, int], np.ndarray], plan: SegmentPlan) -> np.ndarray:
+    """Each segment's total intensity (for `representative`). ``region(y, x)``: the segment
+    starting there."""
+    return np.array([float(np.sum(region(y, x), dtype=np.float64)) for y, x in plan.starts])
+
+
+def representative(totals: np.ndarray, count: int = 3, keep: int | None = None) -> list[int]:
+    """Indices, in order, of up to ``count`` segments spanning what the volume holds, for
+    tuning one alpha for all: by total intensity (``totals``, `segment_totals`), the
+    brightest and those at evenly spaced quantiles down to the median (the dimmer half,
+    mostly background, says little about alpha). ``keep``: only the ``keep`` brightest of
+    those."""
     order = np.argsort(totals)
-    picks = [order[int(round(q * (len(order) - 1)))] for q in np.linspace(1.0, 0.5, max(1, count))]
-    return sorted({int(i) for i in picks})
+    picks = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in np.linspace(1.0, 0.5, max(1, count))})
+    if keep is not None and keep < len(picks):
+        picks = sorted(sorted(picks, key=lambda i: -totals[i])[: max(keep, 1)])
+    return picks
 
 
 def recompose(restored, plan: SegmentPlan) -> np.ndarray:

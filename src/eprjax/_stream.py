@@ -622,23 +622,36 @@ def restore_into_store(
                 (t, i), = mine
                 store.save(t, i, *one(source.region(t, *plan.starts[i], sy, sx), t))
             else:
-                stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in mine])
-                f, k, rel, result = solve_segments(
-                    stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=chunk,
-                    weights=None if weigh is None else np.stack([weigh(s) for s in stacked]),
+                f, k, rel, result = _solve_chunk(
+                    source, mine, h, alpha, tol, max_iterations, plan=plan, grid=grid, devices=devices, size=chunk,
+                    weigh=None if weigh is None else lambda t, i, segment: weigh(segment),
                 )
-                del stacked
                 for j, (t, i) in enumerate(mine):
                     store.save(t, i, f[j], int(k[j]), float(rel[j]), int(result[j]))
                 del f
             beat.hold([])
-            release_memory()  # what the chunk's restoration and saving freed (else it creeps up over a run)
             restored += len(mine)
             if report is not None:
                 report(store.finished(), len(pairs))
     finally:
         beat.stop()
     return restored
+
+
+def _solve_chunk(
+    source: Source, mine: list[tuple[int, int]], h: np.ndarray, alpha: float, tol: float, max_iterations: int, *,
+    plan: SegmentPlan, grid: Any, devices: int | None, size: int,
+    weigh: Callable[[int, int, np.ndarray], np.ndarray] | None,
+) -> tuple[np.ndarray, ...]:
+    """Restore the segments ``mine`` ((volume, segment) pairs) together, read from
+    ``source``; ``weigh(volume, segment, its data)``: their data term's weights (None:
+    unweighted). (f, iterations, relative gradient, result), as `solve_segments`."""
+    sy, sx = plan.segment
+    stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in mine])
+    weights = None if weigh is None else np.stack([weigh(t, i, segment) for (t, i), segment in zip(mine, stacked, strict=True)])
+    return solve_segments(
+        stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=size, weights=weights,
+    )
 
 
 class _ClaimBeat:
@@ -671,9 +684,16 @@ def add_segment(out: Any, lead: tuple[int, ...], fine: SegmentPlan, index: int, 
     NumPy, a memory map, Zarr)."""
     y, x = fine.starts[index]
     sy, sx = fine.segment
-    share = (weight(fine, index) / total[y : y + sy, x : x + sx]).astype(np.float32)
     where = (*lead, slice(None), slice(y, y + sy), slice(x, x + sx))
-    out[where] = np.asarray(out[where], dtype=np.float32) + np.asarray(f, np.float32) * share
+    out[where] = np.asarray(out[where], dtype=np.float32) + np.asarray(f, np.float32) * _share(fine, index, total)
+
+
+def _share(fine: SegmentPlan, index: int, total: np.ndarray) -> np.ndarray:
+    """Segment ``index``'s (y, x) recomposition weights divided by their sum over the
+    volume (``total``, `weight_total`), float32: what of the segment goes into the result."""
+    y, x = fine.starts[index]
+    sy, sx = fine.segment
+    return (weight(fine, index) / total[y : y + sy, x : x + sx]).astype(np.float32)
 
 
 def restore_streaming(
@@ -703,12 +723,10 @@ def restore_streaming(
     most, largest, worst = 0, 0.0, 0
     for start in range(0, len(pairs), chunk):
         mine = pairs[start : start + chunk]
-        stacked = np.stack([source.region(t, *plan.starts[i], sy, sx) for t, i in mine])
-        w = None if weights is None else np.stack([weights.region(min(t, weights.count - 1), *plan.starts[i], sy, sx) for t, i in mine])
-        f, k, rel, result = solve_segments(
-            stacked, h, alpha, tol, max_iterations, grid=grid, batch=plan.batch, devices=devices, size=chunk, weights=w,
+        f, k, rel, result = _solve_chunk(
+            source, mine, h, alpha, tol, max_iterations, plan=plan, grid=grid, devices=devices, size=chunk,
+            weigh=None if weights is None else lambda t, i, _: weights.region(min(t, weights.count - 1), *plan.starts[i], sy, sx),
         )
-        del stacked, w
         for j, (t, i) in enumerate(mine):
             add_segment(out, () if squeeze else (t,), fine, i, f[j], total)
         most, largest, worst = max(most, int(k.max())), max(largest, float(rel.max())), max(worst, int(result.max()))
@@ -781,8 +799,8 @@ def recompose_share(store: Store, plan: SegmentPlan, volumes: int, share: tuple[
             a, b, c, d = max(y, y0), min(y + sy, y1), max(x, x0), min(x + sx, x1)
             if a >= b or c >= d:
                 continue
-            share_w = (weight(fine, i)[a - y : b - y, c - x : d - x] / total[a:b, c:d]).astype(np.float32)
-            tile[:, a - y0 : b - y0, c - x0 : d - x0] += store.load(t, i)[:, a - y : b - y, c - x : d - x] * share_w
+            part = (slice(a - y, b - y), slice(c - x, d - x))
+            tile[:, a - y0 : b - y0, c - x0 : d - x0] += store.load(t, i)[(slice(None), *part)] * _share(fine, i, total)[part]
         out[t, :, y0:y1, x0:x1] = tile
         done += 1
         release_memory()
