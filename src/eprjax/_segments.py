@@ -20,8 +20,22 @@ import numpy as np
 from ._errors import ParameterError
 from ._operator import default_pad, factor3, make_grid, psf_half_support, voxels
 
-BYTES_PER_OBJECT_VOXEL = 60  # peak bytes per object-grid voxel, float32: measured 49-60 (CPU, 64-128x256x256)
+# Peak memory of restoring a segment, float32, measured by benchmarks/memory_per_voxel.py
+# (segments as a run pads them, batches of 1 and 2, weighted or not): on the CPU, with the
+# compiled code cached, 58-80 bytes per object-grid voxel over 0.4-50 million voxels plus a
+# few MiB (fitted 7 MiB + 67.5 B); compiling adds 100-140 MiB on a first run, outside the
+# budget. On an H100 36-45 bytes per voxel.
+BYTES_PER_OBJECT_VOXEL = {"cpu": 78, "gpu": 60}
+FIXED_BYTES = {"cpu": 16 * 2**20, "gpu": 0}
 MEMORY_MARGIN = 0.5  # use at most this share of the device's memory
+
+
+def segment_bytes(object_voxels: int, batch: int = 1, platform: str | None = None) -> int:
+    """Predicted peak memory of restoring ``batch`` segments of ``object_voxels`` each on
+    ``platform`` ("cpu" or "gpu"; default: that of JAX's default device)."""
+    kind = "cpu" if (platform or jax.devices()[0].platform) == "cpu" else "gpu"
+    return FIXED_BYTES[kind] + batch * object_voxels * BYTES_PER_OBJECT_VOXEL[kind]
+
 
 log = logging.getLogger("eprjax")
 
@@ -68,7 +82,7 @@ class SegmentPlan:
     @property
     def peak_bytes(self) -> int:
         """Predicted peak memory of one batch."""
-        return self.batch * voxels(self.object_shape) * BYTES_PER_OBJECT_VOXEL
+        return segment_bytes(voxels(self.object_shape), self.batch)
 
     def describe(self) -> str:
         ny = len({s[0] for s in self.starts})
@@ -154,7 +168,7 @@ def plan_segments(
 
     def need(trial: tuple[int, int], padding: tuple[int, ...] = cut_pad) -> int:
         """Predicted peak bytes of one segment of ``trial`` (y, x) voxels."""
-        return voxels(make_grid((z, *trial), padding, factor).object_shape) * BYTES_PER_OBJECT_VOXEL
+        return segment_bytes(voxels(make_grid((z, *trial), padding, factor).object_shape))
 
     if chosen:
         side = max(ny, nx)
@@ -203,7 +217,8 @@ def plan_segments(
         raise ParameterError(
             f"one {z}x{segment[0]}x{segment[1]} segment needs about {per / 2**20:.0f} MiB, over the budget of {budget / 2**20:.0f} MiB"
         )
-    fit = max(1, budget // max(per, 1))
+    fixed = segment_bytes(0)
+    fit = max(1, (budget - fixed) // max(per - fixed, 1))
     batch = int(batch) if batch is not None else int(min(len(starts), fit))
     if batch < 1:
         raise ParameterError(f"batch must be >= 1, got {batch}")
