@@ -22,18 +22,18 @@ from ._operator import default_pad, factor3, make_grid, psf_half_support, voxels
 
 # Peak memory of restoring a segment, float32, measured by benchmarks/memory_per_voxel.py
 # (segments as a run pads them, batches of 1 and 2, weighted or not): on the CPU, with the
-# compiled code cached, 58-80 bytes per object-grid voxel over 0.4-50 million voxels plus a
-# few MiB (fitted 7 MiB + 67.5 B); compiling adds 100-140 MiB on a first run, outside the
-# budget. On an H100 36-45 bytes per voxel.
+# compiled code cached, 58-114 bytes per object-grid voxel over 0.4-50 million voxels (the
+# most on the smallest segments, where a fixed part weighs; fitted 7 MiB + 67.5 B per voxel);
+# compiling adds 100-140 MiB on a first run, outside the budget. On an H100 36-45 B per voxel.
 BYTES_PER_OBJECT_VOXEL = {"cpu": 78, "gpu": 60}
 FIXED_BYTES = {"cpu": 16 * 2**20, "gpu": 0}
 MEMORY_MARGIN = 0.5  # use at most this share of the device's memory
 
 
-def segment_bytes(object_voxels: int, batch: int = 1, platform: str | None = None) -> int:
+def segment_bytes(object_voxels: int, batch: int = 1) -> int:
     """Predicted peak memory of restoring ``batch`` segments of ``object_voxels`` each on
-    ``platform`` ("cpu" or "gpu"; default: that of JAX's default device)."""
-    kind = "cpu" if (platform or jax.devices()[0].platform) == "cpu" else "gpu"
+    JAX's default device."""
+    kind = "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
     return FIXED_BYTES[kind] + batch * object_voxels * BYTES_PER_OBJECT_VOXEL[kind]
 
 
