@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from ._errors import ParameterError
-from ._operator import default_pad, factor3, make_grid, psf_half_support, voxels
+from ._operator import Grid, default_pad, factor3, make_grid, psf_half_support, voxels
 
 # Peak memory of restoring a segment, float32, measured by benchmarks/memory_per_voxel.py
 # (segments as a run pads them, batches of 1 and 2, weighted or not): on the CPU, with the
@@ -27,14 +27,29 @@ from ._operator import default_pad, factor3, make_grid, psf_half_support, voxels
 # compiling adds 100-140 MiB on a first run, outside the budget. On an H100 36-45 B per voxel.
 BYTES_PER_OBJECT_VOXEL = {"cpu": 78, "gpu": 60}
 FIXED_BYTES = {"cpu": 16 * 2**20, "gpu": 0}
+# Besides the restoration, a segmented run holds each segment of the chunk in host memory on
+# its way in and out: the data read (float32, data grid) and the result as the store saves it
+# (the result and zarr's encoded copy of its chunk, float32, restoration grid). Measured with
+# a 10 ms RSS sampler on a 32x1024x1024 run in 148x148 segments: the resident memory rises by
+# 13-21 MiB over the restoration's plateau while a segment (2.7 MiB) is saved, before the
+# SHA-1 stopped copying the segment: these host copies were the part the budget missed.
+HOST_COPIES_IN, HOST_COPIES_OUT = 1, 2
 MEMORY_MARGIN = 0.5  # use at most this share of the device's memory
 
 
-def segment_bytes(object_voxels: int, batch: int = 1) -> int:
+def segment_bytes(object_voxels: int, batch: int = 1, data_voxels: int = 0, fine_voxels: int | None = None) -> int:
     """Predicted peak memory of restoring ``batch`` segments of ``object_voxels`` each on
-    JAX's default device."""
+    JAX's default device, with (for a segmented run) the host copies of each segment's
+    ``data_voxels`` in and ``fine_voxels`` (default ``data_voxels``) out."""
     kind = "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
-    return FIXED_BYTES[kind] + batch * object_voxels * BYTES_PER_OBJECT_VOXEL[kind]
+    fine = data_voxels if fine_voxels is None else fine_voxels
+    host = 4 * (HOST_COPIES_IN * data_voxels + HOST_COPIES_OUT * fine)
+    return FIXED_BYTES[kind] + batch * (object_voxels * BYTES_PER_OBJECT_VOXEL[kind] + host)
+
+
+def _grid_bytes(grid: Grid, batch: int = 1) -> int:
+    """`segment_bytes` of segments on ``grid`` (a `Grid`), host copies included."""
+    return segment_bytes(voxels(grid.object_shape), batch, voxels(grid.data_shape), voxels(grid.fine_shape))
 
 
 log = logging.getLogger("eprjax")
@@ -82,7 +97,7 @@ class SegmentPlan:
     @property
     def peak_bytes(self) -> int:
         """Predicted peak memory of one batch."""
-        return segment_bytes(voxels(self.object_shape), self.batch)
+        return _grid_bytes(make_grid((self.data_shape[0], *self.segment), self.pad, self.factor), self.batch)
 
     def describe(self) -> str:
         ny = len({s[0] for s in self.starts})
@@ -168,7 +183,7 @@ def plan_segments(
 
     def need(trial: tuple[int, int], padding: tuple[int, ...] = cut_pad) -> int:
         """Predicted peak bytes of one segment of ``trial`` (y, x) voxels."""
-        return segment_bytes(voxels(make_grid((z, *trial), padding, factor).object_shape))
+        return _grid_bytes(make_grid((z, *trial), padding, factor))
 
     if chosen:
         side = max(ny, nx)
