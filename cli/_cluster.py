@@ -32,9 +32,15 @@ def cluster_environment() -> str | None:
     return None
 
 
+_JOINED: list[tuple[int, int]] = []  # once joined, a process stays joined (a run of several files joins once)
+
+
 def join_cluster(coordinator: str | None, num_processes: int | None, process_id: int | None) -> tuple[int, int]:
-    """Join the other processes of this run, before anything asks JAX for a device.
+    """Join the other processes of this run, before anything asks JAX for a device; a
+    process that has joined already keeps its place.
     Returns (this process's index, how many there are); (0, 1) alone."""
+    if _JOINED:
+        return _JOINED[0]
     given = (coordinator, num_processes, process_id)
     if any(v is not None for v in given):
         if any(v is None for v in given):
@@ -62,6 +68,7 @@ def join_cluster(coordinator: str | None, num_processes: int | None, process_id:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise eprjax.EprjaxError(f"cannot join {where}: {first}") from None
     index, count = jax.process_index(), jax.process_count()
+    _JOINED.append((index, count))
     log.info("process %d of %d (%d local devices, %d in all)", index + 1, count, len(jax.local_devices()), len(jax.devices()))
     return index, count
 

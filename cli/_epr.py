@@ -30,7 +30,7 @@ from eprjax._stream import (
 )
 
 from ._cluster import barrier, from_first, join_cluster
-from ._frame import RUN, Progress, check_output, command, history_line, log_to_file
+from ._frame import RUN, Progress, check_output, command, file_pairs, for_each_file, history_line, log_to_file
 from ._inputs import check_iterations, read_inputs, rnl_from_history
 from ._tune import NOISE_HELP, NOISE_MODES, Weighing, choose_alpha, noise_weighing, tuning_sample
 
@@ -407,6 +407,19 @@ def _run_segments(
 
 
 Input = Annotated[str, typer.Argument(metavar="IN", help="Image to restore (.i2i, .tif, .ome.tif, .ome.zarr; no ending means .i2i).")]
+Paths = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="IN OUT | IN... -outdir DIR",
+        help="The image to restore and the restored image to write (float32; .i2i, .tif, .ome.tif, .ome.zarr; no ending "
+        "means .i2i); or, with -outdir, any number of images (or patterns such as 'cells/*.tif'), each restored to DIR "
+        "under its own name, with one compilation for files of one shape.",
+    ),
+]
+Outdir = Annotated[
+    str | None,
+    typer.Option("-outdir", metavar="DIR", help="Restore every IN given into this folder (made if missing), each under its own name; a line for each; one that fails does not stop the others."),
+]
 Output = Annotated[str, typer.Argument(metavar="OUT", help="Restored image to write (float32; .i2i, .tif, .ome.tif, .ome.zarr).")]
 PsfFile = Annotated[str, typer.Option("-psf", help="The prepared PSF (from preppsf): origin at the centre, same voxel size as the data.")]
 Smoothness = Annotated[
@@ -479,8 +492,7 @@ Spaced = Annotated[float | None, typer.Option("-spaced", metavar="UM", help="The
 
 def _restoration_command(name: str, doc: str, *, gpu: bool):
     def restoration(
-        input: Input,
-        output: Output,
+        paths: Paths,
         psf: PsfFile,
         smoothness: Smoothness,
         iterations: Iterations = 300,
@@ -501,6 +513,7 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
         spaced: Spaced = None,
         budget: Budget = None,
         noise: Noise = "auto",
+        outdir: Outdir = None,
     ) -> None:
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise typer.BadParameter(f"must be > 0 seconds, got {budget}", param_hint="-budget")
@@ -508,9 +521,13 @@ def _restoration_command(name: str, doc: str, *, gpu: bool):
             raise typer.BadParameter(f"must be auto, gaussian or poisson, got {noise!r}", param_hint="-noise")
         TUNE.budget, TUNE.noise = budget, noise
         big = Big(segment, overlap, devices, memory, resume, coordinator, num_processes, process_id)
-        _run(
-            input, output, psf, smoothness, iterations, convergence, pad, device, big, (super_z, super_xy, super_xy),
-            (size, spaced), gpu=gpu,
+        for_each_file(
+            file_pairs(paths, outdir),
+            lambda input, output: _run(
+                input, output, psf, smoothness, iterations, convergence, pad, device, big, (super_z, super_xy, super_xy),
+                (size, spaced), gpu=gpu,
+            ),
+            alone=lambda: jax.process_count() == 1,
         )
 
     restoration.__name__ = restoration.__qualname__ = name

@@ -220,6 +220,89 @@ def check_output(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]
     return target
 
 
+_GLOB = re.compile(r"[*?[]")
+
+
+def file_pairs(paths: Sequence[str], outdir: str | None) -> list[tuple[str, str]]:
+    """(input, output) pairs from a command line: ``IN OUT``, or with ``-outdir DIR`` any
+    number of inputs (patterns the shell left unexpanded are expanded here, sorted), each
+    written to DIR under its own name. Refuses, in one line, what cannot be meant: a count
+    of names that fits neither form, a pattern that matches nothing, two inputs of one name,
+    an output that would be one of the inputs."""
+    if outdir is None:
+        if len(paths) != 2:
+            raise eprjax.ParameterError(
+                f"expected IN OUT, got {len(paths)} name(s): {' '.join(paths) or '(none)'}; for several files, "
+                "name them all and give -outdir DIR"
+            )
+        return [(paths[0], paths[1])]
+    if not outdir.strip():
+        raise typer.BadParameter("expected a folder name", param_hint="-outdir")
+    inputs: list[str] = []
+    for given in paths:
+        if _GLOB.search(given) and not os.path.lexists(given):
+            import glob
+
+            matched = sorted(glob.glob(given))
+            if not matched:
+                raise eprjax.ParameterError(f"{given}: no file matches")
+            inputs.extend(matched)
+        else:
+            inputs.append(given)
+    if not inputs:
+        raise eprjax.ParameterError("-outdir: no input files given")
+    folder = Path(outdir)
+    if folder.exists() and not folder.is_dir():
+        raise eprjax.ParameterError(f"-outdir {outdir}: not a folder")
+    pairs, seen = [], {}
+    sources = []
+    for given in inputs:
+        try:
+            source, _ = eprjax._io.input_path(given)
+        except eprjax.EprjaxError:
+            source = Path(given)
+        name = source.name or Path(given).name
+        if name in seen:
+            raise eprjax.ParameterError(f"{seen[name]} and {given} would both be written to {folder / name}: give them one at a time")
+        seen[name] = given
+        sources.append(source)
+        pairs.append((given, str(folder / name)))
+    for _, out in pairs:
+        for given, source in zip(inputs, sources, strict=True):
+            if _same_file(Path(out), source):
+                raise eprjax.ParameterError(f"{out}: refusing to write over the input {given} (give another -outdir)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return pairs
+
+
+def for_each_file(pairs: Sequence[tuple[str, str]], one: Callable[[str, str], None], *, alone: Callable[[], bool] = lambda: True) -> None:
+    """``one(input, output)`` for each pair. One pair: just that. Several: a line for each
+    (always shown), and a file that fails (a bad file, a flag its shape refuses) is said in
+    one line and the others go on, when this process is ``alone()`` (the processes of a
+    cluster go through the files in step: there the first failure ends the run); the
+    command then fails, naming the files that did. Compiled restorations are kept between
+    files, so files of one shape compile once."""
+    if len(pairs) == 1:
+        one(*pairs[0])
+        return
+    failed: list[str] = []
+    began = time.perf_counter()
+    for k, (given, out) in enumerate(pairs, start=1):
+        started = time.perf_counter()
+        try:
+            one(given, out)
+        except (eprjax.EprjaxError, OSError) as e:
+            if not alone():
+                raise
+            failed.append(given)
+            print(f"{RUN.prog}: error: [{k}/{len(pairs)}] {given}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+            continue
+        print(f"{RUN.prog}: [{k}/{len(pairs)}] {given} -> {out}, {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    print(f"{RUN.prog}: {len(pairs) - len(failed)} of {len(pairs)} files done in {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+    if failed:
+        raise eprjax.EprjaxError(f"{len(failed)} of {len(pairs)} files failed: {', '.join(failed)}")
+
+
 # -- running --------------------------------------------------------------------------------
 
 

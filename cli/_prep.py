@@ -17,7 +17,7 @@ from eprjax._psf import DEFAULT_WAVELENGTH_UM, MODALITIES, NORMS
 
 from ._convert import describe
 from ._inputs import MEASURED, with_voxel_size
-from ._frame import check_output, command, history_line
+from ._frame import check_output, command, file_pairs, for_each_file, history_line
 
 log = logging.getLogger("eprjax")
 OFFSET_SHARE = 0.15  # warn when the noise leaves more than this share of the dark level unexplained
@@ -228,8 +228,14 @@ RNL_LINE = "prepdata: RNL {rnl:.6g}, alpha = RNL^2 = {alpha:.6g}{source}"
 
 @command
 def prepdata(
-    input: Annotated[str, typer.Argument(metavar="IN", help="The raw image: 2-D, 3-D, or several volumes (T).")],
-    output: Annotated[str, typer.Argument(metavar="OUT", help="The corrected image to write (float32).")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IN OUT | IN... -outdir DIR",
+            help="The raw image (2-D, 3-D, or several volumes: T) and the corrected image to write (float32); or, with "
+            "-outdir, any number of raw images (or patterns), each corrected into DIR under its own name.",
+        ),
+    ],
     bg_ref: Annotated[
         tuple[int, int, int] | None,
         typer.Option("-bg_ref", metavar="NX NY NZ", help="Subtract the background: the mean of the darkest NX x NY x NZ box."),
@@ -248,6 +254,7 @@ def prepdata(
     ] = False,
     size: Annotated[float | None, typer.Option("-size", metavar="UM", help="The XY pixel size, um, written with the output (default: from the file).")] = None,
     spaced: Annotated[float | None, typer.Option("-spaced", metavar="UM", help="The Z step, um, written with the output (default: from the file).")] = None,
+    outdir: Annotated[str | None, typer.Option("-outdir", metavar="DIR", help="Correct every IN given into this folder (made if missing), each under its own name.")] = None,
 ) -> None:
     """Correct a raw image: basic (offset or dark, flat field), then background, then temporal.
 
@@ -261,6 +268,16 @@ def prepdata(
         raise typer.BadParameter(f"must be first or none, got {norm!r}", param_hint="-norm")
     if offset is not None and not math.isfinite(offset):
         raise typer.BadParameter(f"must be a finite number of counts, got {offset}", param_hint="-offset")
+    settings = dict(bg_ref=bg_ref, norm=norm, offset=offset, dark=dark, flat=flat, gain=gain, read=read, rnl=rnl, size=size, spaced=spaced)
+    pairs = file_pairs(paths, outdir)
+    for_each_file(pairs, lambda input, output: _prepare_one(input, output, label=f"{input}: " if len(pairs) > 1 else "", **settings))
+
+
+def _prepare_one(
+    input: str, output: str, *, bg_ref: tuple[int, int, int] | None, norm: str, offset: float | None, dark: str | None,
+    flat: str | None, gain: float | None, read: float | None, rnl: bool, size: float | None, spaced: float | None, label: str = "",
+) -> None:
+    """prepdata on one file; ``label`` leads its RNL line."""
     inputs = [input] + [f for f in (dark, flat) if f is not None]
     target = check_output(output, *inputs)
     image = with_voxel_size(eprjax.read(input), size, spaced, input)
@@ -296,7 +313,7 @@ def prepdata(
     value, alpha = float(prepared.rnl), float(prepared.alpha)
     if math.isfinite(value):
         where = "" if camera else f", {MEASURED}"
-        typer.echo(f"RNL {value:.4g}{where}; suggested smoothness alpha = RNL^2 = {alpha:.4g}")
+        typer.echo(f"{label}RNL {value:.4g}{where}; suggested smoothness alpha = RNL^2 = {alpha:.4g}")
         lines.append(RNL_LINE.format(rnl=value, alpha=alpha, source=where))
     elif rnl:
         raise eprjax.ParameterError(
