@@ -195,7 +195,7 @@ def _run(
     budget = _budget(big, chosen)
     if source.io_bytes > budget // 4:
         log.warning(
-            "%s: reading its chunks takes %.0f MiB of the %.0f MiB memory budget (a chunk compressed and decompressed); "
+            "%s: reading its chunks takes %.0f MiB of the %.0f MiB memory budget (four chunks: compressed, decompressed, and the decompressor threads' copies); "
             "an input in smaller chunks leaves more to the restoration", input, source.io_bytes / 2**20, budget / 2**20,
         )
     plan = eprjax.plan_segments(

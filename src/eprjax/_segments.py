@@ -25,7 +25,12 @@ from ._operator import Grid, default_pad, factor3, make_grid, psf_half_support, 
 # compiled code cached, 58-114 bytes per object-grid voxel over 0.4-50 million voxels (the
 # most on the smallest segments, where a fixed part weighs; fitted 7 MiB + 67.5 B per voxel);
 # compiling adds 100-140 MiB on a first run, outside the budget. On an H100 36-45 B per voxel.
-BYTES_PER_OBJECT_VOXEL = {"cpu": 78, "gpu": 60}
+# In a segmented run the planner counts 90 on the CPU: over 49-100 segments a run's peak rose
+# 10-20 % above the isolated solve's (allocator fragmentation: the 10 ms sampler saw the
+# plateau creep by 10 MiB, and short spikes above it), measured on a 32x1024x1024 volume
+# under -memory 100 (40x160x160 object grids: 96-111 MiB over the baseline, for a predicted
+# 92 at 78 bytes per voxel).
+BYTES_PER_OBJECT_VOXEL = {"cpu": 90, "gpu": 60}
 FIXED_BYTES = {"cpu": 16 * 2**20, "gpu": 0}
 # Besides the restoration, a segmented run holds each segment of the chunk in host memory on
 # its way in and out: the data read (float32, data grid) and the result as the store saves it
@@ -198,8 +203,12 @@ def plan_segments(
                     f"needs about {need((min(smallest, ny), min(smallest, nx))) / 2**20:.0f} MiB, over the budget of "
                     f"{budget / 2**20:.3g} MiB: give more memory, or a smaller -pad or -overlap"
                 )
+            over = side  # the smallest side known not to fit
             while side > smallest and need((min(side, ny), min(side, nx))) > budget:
-                side = max(smallest, min(side - 1, math.ceil(side * 0.85)))
+                over, side = side, max(smallest, min(side - 1, math.ceil(side * 0.85)))
+            while over - side > 1:  # then the largest side that fits, by bisection
+                middle = (side + over) // 2
+                side, over = (middle, over) if need((min(middle, ny), min(middle, nx))) <= budget else (side, middle)
         segment = (min(side, ny), min(side, nx))
     segment = (min(int(segment[0]), ny), min(int(segment[1]), nx))
     overlap = list(overlap)
