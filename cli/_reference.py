@@ -58,7 +58,8 @@ def reference_markdown() -> str:
         lines += ["| argument or flag | meaning | default |", "|---|---|---|"]
         for p in command.params:
             if isinstance(p, typer.core.TyperArgument):
-                lines.append(f"| `{p.metavar or p.name.upper()}` | {_cell(p.help or '')} | required |")
+                name = (p.metavar or p.name.upper()).replace("|", "&#124;")  # a '|' would end the table's cell
+                lines.append(f"| <code>{name}</code> | {_cell(p.help or '')} | required |")
                 continue
             flags = ", ".join(f"`{o}`" for o in p.opts)
             if p.is_flag:

@@ -248,7 +248,7 @@ def test_tune_command_and_epr_sm_auto(tmp_path, capsys) -> None:
     assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "best", str(tmp_path / "plain")]) == 2
 
 
-@pytest.mark.parametrize("brightness", [20, 200, 20000])
+@pytest.mark.parametrize("brightness", [20, 200, pytest.param(20000, marks=pytest.mark.slow)])  # the bright case: 25 s, with -m slow
 def test_discrepancy_is_within_five_percent_of_the_best_alpha(brightness) -> None:
     """The issue's bar, on the benchmark's acquisition (benchmarks/tuning.py, smaller): the
     alpha chosen from the data and the Poisson variance gives an NRMSE within 5 % of the best
