@@ -205,14 +205,25 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def _inode(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def _source(given: str | os.PathLike[str]) -> Path:
+    """The file an input name stands for (``mycell_`` is ``mycell_.i2i``), or the name itself
+    where it stands for none."""
+    try:
+        return eprjax._io.input_path(given)[0]
+    except eprjax.EprjaxError:
+        return Path(given)
+
+
 def check_output(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
     """The path ``output`` will be written to; refuses one that is also an input."""
     target, _ = file_format(output)
     for given in inputs:
-        try:
-            source, _ = eprjax._io.input_path(given)
-        except eprjax.EprjaxError:
-            source = Path(given)
+        source = _source(given)
         if _same_file(target, source):
             raise eprjax.ParameterError(f"{target}: refusing to write over the input {given}")
         if target.resolve() in source.resolve().parents:  # an OME-Zarr output replaces its whole folder
@@ -254,23 +265,27 @@ def file_pairs(paths: Sequence[str], outdir: str | None) -> list[tuple[str, str]
     folder = Path(outdir)
     if folder.exists() and not folder.is_dir():
         raise eprjax.ParameterError(f"-outdir {outdir}: not a folder")
-    pairs, seen = [], {}
-    sources = []
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    known: dict[Any, str] = {}  # each input by its resolved path and, if it exists, its inode: which name it was given as
     for given in inputs:
-        try:
-            source, _ = eprjax._io.input_path(given)
-        except eprjax.EprjaxError:
-            source = Path(given)
+        source = _source(given)
         name = source.name or Path(given).name
         if name in seen:
             raise eprjax.ParameterError(f"{seen[name]} and {given} would both be written to {folder / name}: give them one at a time")
         seen[name] = given
-        sources.append(source)
+        known[source.resolve()] = given
+        with contextlib.suppress(OSError):
+            known[_inode(source)] = given
         pairs.append((given, str(folder / name)))
-    for _, out in pairs:
-        for given, source in zip(inputs, sources, strict=True):
-            if _same_file(Path(out), source):
-                raise eprjax.ParameterError(f"{out}: refusing to write over the input {given} (give another -outdir)")
+    for _, out in pairs:  # one look-up per output, not a comparison with every input
+        target = Path(out)
+        hit = known.get(target.resolve())
+        if hit is None and target.exists():
+            with contextlib.suppress(OSError):
+                hit = known.get(_inode(target))
+        if hit is not None:
+            raise eprjax.ParameterError(f"{out}: refusing to write over the input {hit} (give another -outdir)")
     folder.mkdir(parents=True, exist_ok=True)
     return pairs
 
