@@ -19,6 +19,7 @@ import typer
 
 import eprjax
 from eprjax._fine import fine_voxel_size
+from eprjax._fft import describe as describe_fft
 from eprjax._operator import describe as describe_grid
 from eprjax._io import input_path
 from eprjax._restore import MESSAGES, NONFINITE, local_devices
@@ -229,7 +230,7 @@ def _run(
             pad=pad_zyx, factor=factor, callback=progress, callback_interval=None if RUN.debug else 0.25,
             weights=None if weighing is None else weighing(volume),
         )
-    log.info("%s", describe_grid(solution.grid))
+    log.info("%s; FFTs: %s", describe_grid(solution.grid), describe_fft(solution.grid.object_shape, chosen.platform))
     log.info("%s", progress.finish(solution))
     if not bool(solution.converged):
         log.info("%s", solution.message)

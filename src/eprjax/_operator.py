@@ -22,6 +22,7 @@ import numpy as np
 from jaxtyping import Array, Complex, Float
 
 from ._errors import ParameterError
+from ._fft import convolve
 
 SUPPORT_FRACTION = 1e-3  # a PSF plane (or row, column) beyond this share of the brightest is outside its support
 ENERGY_FRACTION = 1e-3  # the default padding reaches where all but this share of the PSF's energy lies
@@ -230,7 +231,7 @@ def forward(
     for a `Weighted` operator, times the root of the weights)."""
     if isinstance(otf, Weighted):
         return otf.root * forward(otf.otf, f, grid)
-    blurred = jnp.fft.irfftn(jnp.fft.rfftn(f) * otf, s=grid.object_shape)
+    blurred = convolve(f, otf, grid.object_shape)
     return bin_blocks(blurred if grid.periodic else blurred[grid.data_slices], grid.factor)
 
 
@@ -244,7 +245,7 @@ def adjoint(
     r = spread_blocks(r, grid.factor)
     if not grid.periodic:
         r = jnp.pad(r, grid.pad)
-    return jnp.fft.irfftn(jnp.fft.rfftn(r) * jnp.conj(otf), s=grid.object_shape)
+    return convolve(r, otf, grid.object_shape, conjugate=True)
 
 
 def power_gain(grid: Grid) -> int:

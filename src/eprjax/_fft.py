@@ -1,0 +1,184 @@
+"""The convolutions of the imaging operator, on the FFT library that is fastest where they run.
+
+XLA's CPU FFT runs on one thread (jax#14664), so on a CPU with several cores the imaging
+operator's convolutions can go through ducc0's FFT with threads instead (the library that
+NumPy's and SciPy's FFTs grew from; with reused buffers it measured 1.4x faster than
+`scipy.fft` at 128x512x512 on two cores: benchmarks/host_fft.py), called from the compiled
+program (`jax.pure_callback`); on GPUs XLA's FFT (cuFFT) stays (DESIGN.md section 2). The convolution is linear in its signal and its transpose is the correlation with
+the same kernel (the conjugate OTF), so `convolve` carries a custom reverse-mode rule: the
+signal's cotangent goes through the same host FFTs, and nothing is differentiated through a
+callback. The OTF's cotangent (wanted only for gradients in the PSF) is JAX's own, through
+XLA's FFT.
+
+Which library runs is decided when a function is traced:
+
+- ``EPRJAX_FFT=xla``: XLA's FFT everywhere;
+- ``EPRJAX_FFT=host``: the host FFT wherever the program runs on a CPU;
+- ``EPRJAX_FFT=auto`` (the default): the host FFT on CPUs for grids of at least
+  `HOST_MIN_VOXELS` voxels when more than one thread is allowed. Below that size XLA's FFT
+  is as fast (measured, docs/performance.md), and a program with a callback cannot be kept
+  in JAX's persistent compilation cache, so small restorations would pay a compilation on
+  every run for nothing.
+
+Where JAX's default backend is not the CPU (a GPU machine) nothing changes. A process with
+several CPU devices (``--xla_force_host_platform_device_count``) keeps XLA's FFT: each device's callback waits on XLA's thread pool (measured: four such devices on two
+cores hung), and the devices already share the cores among segments.
+
+``EPRJAX_FFT_THREADS`` sets the host FFT's threads (read when it runs); by default, the
+cores this process may use.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import threading
+from collections.abc import Sequence
+
+import ducc0
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import ParameterError
+
+MODES = ("auto", "xla", "host")
+HOST_MIN_VOXELS = 2**22  # auto: the host FFT for object grids of this many voxels or more
+_AXES = (-3, -2, -1)
+_SPECTRUM: dict[str, np.ndarray] = {}  # one spectrum buffer per process, used under _LOCK
+_LOCK = threading.Lock()
+_RESULTS = threading.local()  # the result buffer, per thread: JAX copies it out after the
+# callback returns, on the callback's own thread, so that thread's next call may reuse it
+
+
+def fft_mode() -> str:
+    """``EPRJAX_FFT`` (auto, xla or host), checked."""
+    mode = os.environ.get("EPRJAX_FFT", "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ParameterError(f"EPRJAX_FFT must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def fft_threads() -> int:
+    """The host FFT's threads: ``EPRJAX_FFT_THREADS``, or the cores this process may use."""
+    text = os.environ.get("EPRJAX_FFT_THREADS", "").strip()
+    if not text:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ParameterError(f"EPRJAX_FFT_THREADS must be a whole number >= 1, got {text!r}")
+    return threads
+
+
+def _cpu_only_with_one_device() -> bool:
+    """Whether JAX runs on the CPU here, as one device. On a machine with a GPU the host FFT
+    is never staged out (untested there, and cuFFT is the one to use)."""
+    try:
+        return jax.default_backend() == "cpu" and len(jax.local_devices(backend="cpu")) == 1
+    except RuntimeError:  # no CPU backend: nothing to call back into
+        return False
+
+
+def uses_host_fft(shape: Sequence[int]) -> bool:
+    """Whether a convolution on a grid of ``shape`` goes through the host FFT when it runs on
+    a CPU (decided from the environment, see the module's text)."""
+    mode = fft_mode()
+    if not _cpu_only_with_one_device():
+        return False
+    if mode == "auto":
+        return math.prod(shape) >= HOST_MIN_VOXELS and fft_threads() > 1
+    return mode == "host"
+
+
+def describe(shape: Sequence[int], platform: str) -> str:
+    """Which FFT a restoration on an object grid of ``shape`` uses on ``platform``, in words."""
+    if platform == "cpu" and uses_host_fft(shape):
+        return f"ducc0 on {fft_threads()} threads (EPRJAX_FFT={fft_mode()})"
+    return f"XLA's (EPRJAX_FFT={fft_mode()})"
+
+
+def _xla(x, otf, shape, conjugate: bool):
+    kernel = jnp.conj(otf) if conjugate else otf
+    return jnp.fft.irfftn(jnp.fft.rfftn(x) * kernel, s=shape)
+
+
+def _buffer(store: dict, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The array kept in ``store`` (made anew when the shape or dtype changes): a fresh array
+    of a few hundred MiB costs its page faults on every call (12 % of a convolution at
+    128x512x512, measured)."""
+    found = store.get("array")
+    if found is None or found.shape != shape or found.dtype != dtype:
+        store.pop("array", None)  # freed before the new one is made
+        found = store["array"] = np.empty(shape, dtype)
+    return found
+
+
+def _on_host(x: np.ndarray, otf: np.ndarray, shape: tuple[int, ...], conjugate: bool) -> np.ndarray:
+    """The convolution in NumPy with ducc0's FFTs: any leading (batch) axes of x and otf
+    broadcast. For the correlation, the backward real transform of a real x is the conjugate
+    of its forward one, so conj(X) otf comes out of the same passes, and its transform forward
+    is the backward transform of X conj(otf): no pass of its own."""
+    x, otf = np.asarray(x), np.asarray(otf)  # the callback may be handed JAX arrays
+    with _LOCK:
+        return _convolve_into_buffers(x, otf, shape, conjugate)
+
+
+def _convolve_into_buffers(x: np.ndarray, otf: np.ndarray, shape: tuple[int, ...], conjugate: bool) -> np.ndarray:
+    threads = fft_threads()
+    batch = np.broadcast_shapes(x.shape[:-3], otf.shape[:-3])
+    spectrum = _buffer(_SPECTRUM, batch + otf.shape[-3:], np.result_type(otf.dtype, np.complex64))
+    out = _buffer(_RESULTS.__dict__, batch + tuple(shape), x.dtype)
+    transformed = spectrum if x.shape[:-3] == batch else np.empty(x.shape[:-3] + otf.shape[-3:], spectrum.dtype)
+    ducc0.fft.r2c(x, axes=_AXES, forward=not conjugate, nthreads=threads, out=transformed)
+    np.multiply(transformed, otf, out=spectrum)
+    ducc0.fft.c2r(spectrum, axes=_AXES, forward=conjugate, lastsize=shape[-1], inorm=2, nthreads=threads, out=out, allow_overwriting_input=True)
+    return out
+
+
+def _host_call(x, otf, shape, conjugate: bool):
+    result = jax.ShapeDtypeStruct(jnp.broadcast_shapes(x.shape[:-3], otf.shape[:-3]) + tuple(shape), x.dtype)
+    call = functools.partial(_on_host, shape=tuple(shape), conjugate=conjugate)
+    return jax.pure_callback(call, result, x, otf, vmap_method="expand_dims")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _host(x, otf, shape, conjugate):
+    return _host_call(x, otf, shape, conjugate)
+
+
+def _host_fwd(x, otf, shape, conjugate):
+    return _host_call(x, otf, shape, conjugate), (x, otf)
+
+
+def _host_bwd(shape, conjugate, residuals, cotangent):
+    x, otf = residuals
+    # the convolution's transpose in x is the correlation with the same kernel (and back):
+    # exact for an OTF that is the real FFT of a real kernel, as every OTF here is
+    dx = _host_call(cotangent, otf, shape, not conjugate)
+    _, pullback = jax.vjp(lambda o: _xla(x, o, shape, conjugate), otf)
+    return dx, pullback(cotangent)[0]
+
+
+_host.defvjp(_host_fwd, _host_bwd)
+
+
+def convolve(x, otf, shape: Sequence[int], *, conjugate: bool = False):
+    """``irfftn(rfftn(x) * otf, s=shape)`` (with ``conjugate``, times ``conj(otf)``: the
+    correlation, the convolution's transpose) over the last three axes of ``x``, whose shape
+    is ``shape``; ``otf`` the real FFT of a real kernel on that grid. On the host FFT where it
+    is chosen (`uses_host_fft`), the program runs on a CPU and the arrays are single
+    precision; XLA's FFT elsewhere. (Double precision stays on XLA: JAX turns a callback's
+    float64 results into float32 where x64 is enabled by `jax.enable_x64` on the calling
+    thread only, as the callback runs on another.)"""
+    shape = tuple(int(n) for n in shape)
+    if not uses_host_fft(shape) or x.dtype != jnp.float32 or otf.dtype != jnp.complex64:
+        return _xla(x, otf, shape, conjugate)
+    return jax.lax.platform_dependent(
+        x, otf,
+        cpu=lambda x, otf: _host(x, otf, shape, conjugate),
+        default=lambda x, otf: _xla(x, otf, shape, conjugate),
+    )

@@ -1,0 +1,249 @@
+"""The imaging operator's convolutions on the host FFT (scipy.fft with threads, called from the
+compiled program) against NumPy's FFT and against XLA's: values, the transpose, batches,
+gradients, several devices, and the choice between the two."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eprjax
+from eprjax import _fft, _restore, _tune
+from eprjax._operator import adjoint, forward, make_grid, psf_otf
+
+from .conftest import ROOT, run_eprjax
+from .test_gradients import CASES
+from .test_restore import blurred, gaussian_psf, scene
+
+
+def _clear() -> None:
+    """Forget every traced program: the FFT library is chosen when a function is traced."""
+    jax.clear_caches()
+    for built in (_restore._differentiable, *(getattr(_tune, n) for n in dir(_tune) if hasattr(getattr(_tune, n), "cache_clear"))):
+        built.cache_clear()
+
+
+@pytest.fixture
+def fft_mode(monkeypatch: pytest.MonkeyPatch):
+    """Sets EPRJAX_FFT for the test, with no program traced under another choice."""
+    def use(mode: str) -> None:
+        monkeypatch.setenv("EPRJAX_FFT", mode)
+        _clear()
+
+    yield use
+    _clear()
+
+
+def _reference(x, kernel, conjugate=False):
+    """The circular convolution (or correlation) in float64 NumPy over the last three axes."""
+    spectrum = np.fft.fftn(np.asarray(kernel, np.float64))
+    spectrum = np.conj(spectrum) if conjugate else spectrum
+    return np.fft.ifftn(np.fft.fftn(np.asarray(x, np.float64), axes=(-3, -2, -1)) * spectrum, axes=(-3, -2, -1)).real
+
+
+def test_host_convolution_equals_numpy(fft_mode) -> None:
+    """The host convolution and correlation, on one volume and vmapped over a batch (the OTF
+    shared, and the OTF batched too), within float32 rounding (measured ~1e-7 of the peak)."""
+    fft_mode("host")
+    rng = np.random.default_rng(0)
+    shape = (6, 10, 9)  # odd X: the real FFT's last axis is not half of an even length
+    x = rng.normal(size=(3, *shape)).astype(np.float32)
+    kernels = rng.normal(size=(3, *shape)).astype(np.float32)
+    otfs = jnp.fft.rfftn(jnp.asarray(kernels), axes=(-3, -2, -1))
+    for conjugate in (False, True):
+        one = jax.jit(lambda x, o: _fft.convolve(x, o, shape, conjugate=conjugate))
+        want = _reference(x[0], kernels[0], conjugate)
+        np.testing.assert_allclose(one(x[0], otfs[0]), want, atol=2e-6 * np.abs(want).max())
+        shared = jax.vmap(one, in_axes=(0, None))(x, otfs[0])
+        np.testing.assert_allclose(shared, _reference(x, kernels[0], conjugate), atol=2e-6 * np.abs(want).max())
+        both = jax.vmap(one)(x, otfs)
+        want = np.stack([_reference(a, k, conjugate) for a, k in zip(x, kernels, strict=True)])
+        np.testing.assert_allclose(both, want, atol=2e-6 * np.abs(want).max())
+        only_otf = jax.vmap(one, in_axes=(None, 0))(x[0], otfs)
+        want = np.stack([_reference(x[0], k, conjugate) for k in kernels])
+        np.testing.assert_allclose(only_otf, want, atol=2e-6 * np.abs(want).max())
+
+
+def test_successive_host_convolutions_keep_their_results(fft_mode) -> None:
+    """The host FFT reuses its buffers from call to call: results already handed to the
+    program must not change when the next call writes them (JAX copies them out)."""
+    fft_mode("host")
+    rng = np.random.default_rng(3)
+    shape = (4, 8, 6)
+    x, y, kernel = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
+    otf = jnp.fft.rfftn(jnp.asarray(kernel))
+
+    @jax.jit
+    def both(x, y):
+        a = _fft.convolve(x, otf, shape)
+        b = _fft.convolve(y + 0 * a, otf, shape)  # after a, through the same buffers
+        return a, b, _fft.convolve(a + b, otf, shape, conjugate=True)
+
+    a, b, c = both(x, y)
+    scale = np.abs(_reference(x, kernel)).max()
+    np.testing.assert_allclose(a, _reference(x, kernel), atol=2e-6 * scale)
+    np.testing.assert_allclose(b, _reference(y, kernel), atol=2e-6 * scale)
+    np.testing.assert_allclose(c, _reference(_reference(x, kernel) + _reference(y, kernel), kernel, True), atol=1e-5 * scale)
+
+
+def test_host_operator_and_its_transpose(fft_mode) -> None:
+    """<H f, r> = <f, H^T r> on a padded grid with the host FFT (float32 sums of a few
+    thousand terms: to 1e-5 of |Hf| |r|), and H's vector-Jacobian product in f, which goes
+    through the custom rule, is H^T r."""
+    fft_mode("host")
+    rng = np.random.default_rng(1)
+    grid = make_grid((5, 8, 7), (2, 3, 3))
+    otf, _ = psf_otf(jnp.asarray(gaussian_psf((5, 7, 7), (1.0, 1.5, 1.5))), grid)
+    f = jnp.asarray(rng.normal(size=grid.object_shape), jnp.float32)
+    r = jnp.asarray(rng.normal(size=grid.data_shape), jnp.float32)
+    hf = jax.jit(lambda f: forward(otf, f, grid))(f)
+    htr = jax.jit(lambda r: adjoint(otf, r, grid))(r)
+    assert hf.dtype == jnp.float32 and htr.dtype == jnp.float32
+    assert abs(float(jnp.sum(hf * r) - jnp.sum(f * htr))) < 1e-5 * float(jnp.linalg.norm(hf) * jnp.linalg.norm(r))
+    _, pullback = jax.vjp(lambda f: forward(otf, f, grid), f)
+    np.testing.assert_allclose(pullback(r)[0], htr, atol=1e-6 * float(jnp.abs(htr).max()))
+
+
+def _gradients(fft_mode, mode, loss, *args):
+    fft_mode(mode)
+    return [np.asarray(x) for x in jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)]
+
+
+def test_host_convolution_gradients(fft_mode) -> None:
+    """Reverse-mode gradients of a loss through host convolutions, in the signal and in the
+    kernel (through its OTF), equal JAX's own through XLA's FFT (float32: 1e-5 of the largest)."""
+    rng = np.random.default_rng(2)
+    shape = (4, 6, 5)
+    x, kernel = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(2))
+
+    def loss(x, kernel):
+        y = _fft.convolve(x, jnp.fft.rfftn(kernel), shape)
+        z = _fft.convolve(jnp.sin(y), jnp.fft.rfftn(kernel), shape, conjugate=True)
+        return jnp.sum(z * z)
+
+    want = _gradients(fft_mode, "xla", loss, x, kernel)
+    for got, ref in zip(_gradients(fft_mode, "host", loss, x, kernel), want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_restoration_on_the_host_fft_equals_xla(fft_mode) -> None:
+    """The same restoration, and its batch, with either FFT: both stop at a relative dual
+    gradient of 1e-5, so they agree to about that (measured 1.3e-5 of the peak)."""
+    psf = gaussian_psf((9, 9, 9), (2.0, 1.5, 1.5))
+    g = (blurred(scene((12, 40, 40)), psf) * 100).astype(np.float32)
+    out = {}
+    for mode in ("xla", "host"):
+        fft_mode(mode)
+        out[mode] = eprjax.restore(np.stack([g, 0.5 * g]), psf, alpha=1e-3, tol=1e-5).value
+    assert out["host"].dtype == np.float32
+    np.testing.assert_allclose(out["host"], out["xla"], atol=1e-4 * float(np.abs(out["xla"]).max()))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_implicit_gradients_on_the_host_fft(fft_mode, case) -> None:
+    """The restoration's implicit gradients in the data, the PSF and alpha through the host
+    FFT equal those through XLA's (test_gradients checks the latter against finite
+    differences), in float32 for test_gradients' cases: within 1e-3 of the largest, as both
+    restorations and gradient solves stop at 1e-6 with different rounding."""
+    c = CASES[case]
+    psf = gaussian_psf((5, 5, 5), (1.2, 1.0, 1.0))
+    g = jnp.asarray(blurred(scene(c["shape"]), psf), jnp.float32)
+    fine = tuple(n * k for n, k in zip(c["shape"], (1, c["factor"], c["factor"]), strict=True))
+    target = jnp.asarray(np.random.default_rng(7).uniform(0, 2 * float(g.mean()), size=fine), jnp.float32)
+
+    def loss(g, h, alpha):
+        f = eprjax.restore(g, h, alpha=alpha, tol=1e-6, max_iterations=2000, pad=c["pad"], factor=c["factor"]).value
+        return jnp.sum((f - target) ** 2)
+
+    args = (g, jnp.asarray(psf), jnp.asarray(c["alpha"], jnp.float32))
+    want = _gradients(fft_mode, "xla", loss, *args)
+    for got, ref in zip(_gradients(fft_mode, "host", loss, *args), want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max())
+
+
+def test_host_fft_only_where_it_runs_on_a_cpu(fft_mode) -> None:
+    """With EPRJAX_FFT=host the compiled CPU program calls the host FFT and holds no XLA FFT
+    (double precision excepted); with xla it holds no callback."""
+    grid = make_grid((4, 8, 8), (2, 2, 2))
+    otf, _ = psf_otf(jnp.asarray(gaussian_psf((3, 5, 5), (1.0, 1.0, 1.0))), grid)
+    f = jnp.ones(grid.object_shape, jnp.float32)
+    texts = {}
+    for mode in ("host", "xla"):
+        fft_mode(mode)
+        texts[mode] = jax.jit(lambda f: forward(otf, f, grid)).lower(f).compile().as_text().lower()
+    assert "callback" in texts["host"] and " fft(" not in texts["host"]
+    assert "callback" not in texts["xla"] and "fft(" in texts["xla"]
+    fft_mode("host")
+    with jax.enable_x64(True):  # double precision stays on XLA (see _fft.convolve)
+        text = jax.jit(lambda f: forward(otf.astype(jnp.complex128), f, grid)).lower(f.astype(jnp.float64)).compile().as_text()
+    assert "callback" not in text.lower()
+
+
+def test_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: the host FFT for large grids when several threads are allowed; the threads from
+    EPRJAX_FFT_THREADS or the cores this process may use; bad values refused by name."""
+    monkeypatch.delenv("EPRJAX_FFT", raising=False)
+    monkeypatch.setenv("EPRJAX_FFT_THREADS", "2")
+    large, small = (64, 256, 256), (16, 64, 64)
+    assert _fft.fft_threads() == 2
+    assert _fft.uses_host_fft(large) and not _fft.uses_host_fft(small)
+    monkeypatch.setenv("EPRJAX_FFT_THREADS", "1")
+    assert not _fft.uses_host_fft(large)  # one thread: XLA's FFT is as fast, and cacheable
+    monkeypatch.setenv("EPRJAX_FFT", "host")
+    assert _fft.uses_host_fft(small)
+    monkeypatch.setenv("EPRJAX_FFT", "xla")
+    monkeypatch.setenv("EPRJAX_FFT_THREADS", "8")
+    assert not _fft.uses_host_fft(large)
+    monkeypatch.delenv("EPRJAX_FFT_THREADS")
+    assert _fft.fft_threads() == len(os.sched_getaffinity(0))
+    for name, value in (("EPRJAX_FFT", "fftw"), ("EPRJAX_FFT_THREADS", "0"), ("EPRJAX_FFT_THREADS", "two")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(eprjax.ParameterError, match=name):
+            _fft.uses_host_fft(large)
+        monkeypatch.setenv(name, {"EPRJAX_FFT": "auto", "EPRJAX_FFT_THREADS": "2"}[name])
+
+
+def test_a_bad_fft_setting_is_one_line(workdir, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
+    eprjax.write("psf.i2i", psf)
+    eprjax.write("image.i2i", blurred(scene((6, 16, 16)), psf))
+    monkeypatch.setenv("EPRJAX_FFT", "fftw")
+    _clear()
+    assert run_eprjax(["epr", "-psf", "psf", "-sm", "1e-3", "image", "out"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "EPRJAX_FFT" in err and "internal error" not in err, err
+    _clear()
+
+
+def test_several_cpu_devices_keep_xla_fft() -> None:
+    """Segments spread over four (fake) CPU devices with shard_map and EPRJAX_FFT=host keep
+    XLA's FFT (host callbacks from four such devices hung on two cores) and give what one
+    device gives (to the solver's tolerance)."""
+    script = textwrap.dedent(
+        """
+        import os
+        import numpy as np, jax, eprjax
+        from tests.test_restore import gaussian_psf, scene, blurred
+        from eprjax import _fft
+        assert len(jax.local_devices()) == 4
+        psf = gaussian_psf((9, 9, 9), (2.0, 1.5, 1.5))
+        g = blurred(scene((12, 64, 64)), psf)
+        os.environ["EPRJAX_FFT"] = "xla"
+        one = eprjax.restore(g, psf, alpha=1e-3, tol=1e-5, segment=(32, 32), devices=1).value
+        os.environ["EPRJAX_FFT"] = "host"
+        assert not _fft.uses_host_fft((64, 256, 256))
+        four = eprjax.restore(g, psf, alpha=1e-3, tol=1e-5, segment=(32, 32), devices=4).value
+        print(float(np.abs(one - four).max() / np.abs(one).max()))
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-4
