@@ -51,7 +51,7 @@ def nrmse(f: np.ndarray, truth: np.ndarray) -> float:
 
 
 def acquisition(shape: tuple[int, int, int], peak: float, seed: int):
-    psf = np.asarray(eprjax.widefield_psf((32, 64, 64), **SEED_OPTICS), np.float32)
+    psf = np.array(eprjax.widefield_psf((32, 64, 64), **SEED_OPTICS), np.float32)
     psf /= psf.sum()
     stack = camera_stack(shape, psf, peak_photons=peak, seed=seed)
     data = (stack.counts - stack.offset - stack.background).astype(np.float32)

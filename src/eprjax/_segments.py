@@ -32,10 +32,11 @@ from ._operator import Grid, default_pad, factor3, make_grid, psf_half_support, 
 # under -memory 100 (40x160x160 object grids: 96-111 MiB over the baseline, for a predicted
 # 92 at 78 bytes per voxel).
 # Over repeated runs one plan's peak varied by +-20 MiB (2026-12-03 and -06, 32x1024x1024
-# under -memory 100: 52-101 MiB over the baseline in 14 runs, up to 1.09 times what 90 B per
-# voxel predicted; allocator fragmentation; MALLOC_ARENA_MAX=2 changed nothing clear, and a
-# fixed mmap threshold made the run 46 % slower): the planner counts 110 B on the CPU, so
-# that the worst run measured stays within the budget.
+# under -memory 100: 52-101 MiB over the baseline in 14 runs, 99 at 100 B per voxel; the
+# growth is anonymous memory (allocator fragmentation); MALLOC_ARENA_MAX=2 did not remove
+# it, and a fixed mmap threshold made the run 46 % slower): the planner counts 110 B on the
+# CPU. Counting more does not help where two such runs share two cores: 102-112 MiB at 110 B,
+# and 108-134 at 130 B with its smaller, more numerous segments (docs/big-data.md).
 BYTES_PER_OBJECT_VOXEL = {"cpu": 110, "gpu": 60}
 FIXED_BYTES = {"cpu": 16 * 2**20, "gpu": 0}
 # With the host FFT (`_fft`, large grids on CPUs) a restoration peaked 31-41 bytes per object
