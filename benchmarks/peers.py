@@ -5,7 +5,10 @@ time per iteration, in one run.
 
 The data: a simulated widefield camera stack (the demo's beads, filament and shell reaching
 past the field, the seed's optics, 1000 photons at the brightest blurred voxel, camera noise;
-`eprjax._simulate.camera_stack`), less its offset and background, with its ground truth.
+`eprjax._simulate.camera_stack`), less its offset and background, with its ground truth; the
+PSF in an odd box (31x63x63: deconwolf refuses even ones). The Richardson-Lucy tools get the
+data clipped at zero (they need it non-negative; deconwolf refuses negative values), eprjax
+the data as they are.
 Quality is the NRMSE to the truth after the best scalar fit (ANCHORS.md's measure).
 
 Each tool runs at several settings: eprjax at several alphas (default tolerance, padded
@@ -51,7 +54,7 @@ def nrmse(f: np.ndarray, truth: np.ndarray) -> float:
 
 
 def acquisition(shape: tuple[int, int, int], peak: float, seed: int):
-    psf = np.array(eprjax.widefield_psf((32, 64, 64), **SEED_OPTICS), np.float32)
+    psf = np.array(eprjax.widefield_psf((31, 63, 63), **SEED_OPTICS), np.float32)
     psf /= psf.sum()
     stack = camera_stack(shape, psf, peak_photons=peak, seed=seed)
     data = (stack.counts - stack.offset - stack.background).astype(np.float32)
@@ -75,7 +78,7 @@ def run_eprjax(data, psf, truth, alphas):
 
 def run_deconwolf(dw: str, data, psf, truth, iterations, method: str, folder: Path):
     image, kernel = folder / "image.tif", folder / "psf.tif"
-    tifffile.imwrite(image, data)
+    tifffile.imwrite(image, np.maximum(data, 0))  # deconwolf refuses negative values
     tifffile.imwrite(kernel, psf)
     out = folder / "out.tif"
 
@@ -112,7 +115,7 @@ RLF_SCRIPT = textwrap.dedent(
 
 
 def run_redlionfish(python: str, data, psf, truth, iterations, folder: Path):
-    np.save(folder / "data.npy", data)
+    np.save(folder / "data.npy", np.maximum(data, 0))
     np.save(folder / "psf.npy", psf)
     done = subprocess.run([python, "-c", RLF_SCRIPT, str(folder / "data.npy"), str(folder / "psf.npy"), json.dumps(iterations),
                            str(folder / "rlf")], check=True, capture_output=True, text=True)
