@@ -3,9 +3,10 @@
 XLA's CPU FFT runs on one thread (jax#14664), so on a CPU with several cores the imaging
 operator's convolutions can go through ducc0's FFT with threads instead (the library that
 NumPy's and SciPy's FFTs grew from; with reused buffers it measured 1.4x faster than
-`scipy.fft` at 128x512x512 on two cores: benchmarks/host_fft.py), called from the compiled
-program (`jax.pure_callback`); on GPUs XLA's FFT (cuFFT) stays (DESIGN.md section 2). The convolution is linear in its signal and its transpose is the correlation with
-the same kernel (the conjugate OTF), so `convolve` carries a custom reverse-mode rule: the
+`scipy.fft` at 128x512x512 on two cores: docs/performance.md), called from the compiled
+program (`jax.pure_callback`); on GPUs XLA's FFT (cuFFT) stays (DESIGN.md section 2). The
+convolution is linear in its signal and its transpose is the correlation with the same
+kernel (the conjugate OTF), so `convolve` carries a custom reverse-mode rule: the
 signal's cotangent goes through the same host FFTs, and nothing is differentiated through a
 callback. The OTF's cotangent (wanted only for gradients in the PSF) is JAX's own, through
 XLA's FFT.
@@ -21,8 +22,9 @@ Which library runs is decided when a function is traced:
   every run for nothing.
 
 Where JAX's default backend is not the CPU (a GPU machine) nothing changes. A process with
-several CPU devices (``--xla_force_host_platform_device_count``) keeps XLA's FFT: each device's callback waits on XLA's thread pool (measured: four such devices on two
-cores hung), and the devices already share the cores among segments.
+several CPU devices (``--xla_force_host_platform_device_count``) keeps XLA's FFT: their
+callbacks hung (four such devices on two cores, measured), and the devices already share the
+cores among segments.
 
 ``EPRJAX_FFT_THREADS`` sets the host FFT's threads (read when it runs); by default, the
 cores this process may use.

@@ -26,22 +26,21 @@ from ._operator import Grid, default_pad, factor3, make_grid, psf_half_support, 
 # compiled code cached, 58-114 bytes per object-grid voxel over 0.4-50 million voxels (the
 # most on the smallest segments, where a fixed part weighs; fitted 7 MiB + 67.5 B per voxel);
 # compiling adds 100-140 MiB on a first run, outside the budget. On an H100 36-45 B per voxel.
-# In a segmented run the planner counts 90 on the CPU: over 49-100 segments a run's peak rose
-# 10-20 % above the isolated solve's (allocator fragmentation: the 10 ms sampler saw the
-# plateau creep by 10 MiB, and short spikes above it), measured on a 32x1024x1024 volume
-# under -memory 100 (40x160x160 object grids: 96-111 MiB over the baseline, for a predicted
-# 92 at 78 bytes per voxel).
-# Over repeated runs one plan's peak varied by +-20 MiB (2026-12-03 and -06, 32x1024x1024
-# under -memory 100: 52-101 MiB over the baseline in 14 runs, 99 at 100 B per voxel; the
-# growth is anonymous memory (allocator fragmentation); MALLOC_ARENA_MAX=2 did not remove
-# it, and a fixed mmap threshold made the run 46 % slower): the planner counts 110 B on the
-# CPU. Counting more does not help where two such runs share two cores: 102-112 MiB at 110 B,
-# and 108-134 at 130 B with its smaller, more numerous segments (docs/big-data.md).
+# A segmented run holds more: over 49-100 segments a run's peak rose 10-20 % above the
+# isolated solve's (32x1024x1024 under -memory 100, 40x160x160 object grids: 96-111 MiB over
+# the baseline for a predicted 92 at 78 B per voxel), and one plan's peak varied by about
+# 20 MiB either way from run to run (2026-12-03 and -06: 52-101 MiB over the baseline in 14
+# runs, 99 at 100 B per voxel; anonymous memory, set in the run's first seconds;
+# MALLOC_ARENA_MAX=2 did not remove it, a fixed mmap threshold made the run 46 % slower):
+# the planner counts 110 B on the CPU. Counting more does not help where two such runs share
+# two cores: 102-112 MiB at 110 B, and 108-134 at 130 B with its smaller, more numerous
+# segments (docs/big-data.md).
 BYTES_PER_OBJECT_VOXEL = {"cpu": 110, "gpu": 60}
 FIXED_BYTES = {"cpu": 16 * 2**20, "gpu": 0}
 # With the host FFT (`_fft`, large grids on CPUs) a restoration peaked 31-41 bytes per object
-# voxel higher than with XLA's (64x256x256, periodic and padded, 2 threads): the callback's
-# copies of its operands and results, and the FFT's reused buffers.
+# voxel higher than with XLA's (64x256x256, periodic and padded, 2 threads). The FFT's kept
+# buffers come to about 8 by their sizes (spectrum and result), the callback's copies of its
+# operand and result to about 8 more; the rest is not explained yet.
 HOST_FFT_BYTES_PER_OBJECT_VOXEL = 40
 # Besides the restoration, a segmented run holds each segment of the chunk in host memory on
 # its way in and out: the data read (float32, data grid) and the result as the store saves it
@@ -61,7 +60,7 @@ def segment_bytes(object_voxels: int, batch: int = 1, data_voxels: int = 0, fine
     fine = data_voxels if fine_voxels is None else fine_voxels
     host = 4 * (HOST_COPIES_IN * data_voxels + HOST_COPIES_OUT * fine)
     per_voxel = BYTES_PER_OBJECT_VOXEL[kind]
-    if kind == "cpu" and object_voxels and uses_host_fft((object_voxels,)):
+    if kind == "cpu" and object_voxels and uses_host_fft((object_voxels,)):  # only the count matters
         per_voxel += HOST_FFT_BYTES_PER_OBJECT_VOXEL
     return FIXED_BYTES[kind] + batch * (object_voxels * per_voxel + host)
 
