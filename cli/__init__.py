@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import zarr
+
 from . import _frame
 from ._convert import convert
 from ._demo import demo
@@ -16,6 +18,13 @@ from ._epr import epr, gpu_epr, super_epr
 from ._mmtoi2i import mmtoi2i
 from ._prep import prepdata, preppsf
 from ._tune import tune
+
+# Zarr decodes and encodes chunks on a pool of threads (six on two cores), each allocating in
+# its own C-library arena; the memory they keep varied from run to run by tens of MiB: with
+# two segmented runs side by side on two cores a run under -memory 100 peaked up to 112 MiB
+# over its baseline, and with one thread 61-64 (both inputs, two pairs of runs), and finished
+# sooner (docs/big-data.md). Set before any Zarr array is opened: the pool is made once.
+zarr.config.set({"threading.max_workers": 1})
 
 app = _frame.new_app(
     "eprjax",

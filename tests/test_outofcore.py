@@ -557,11 +557,10 @@ def _peak(args: list[str], cwd: Path) -> int:
 @pytest.mark.parametrize("ending", ["i2i", "ome.zarr"])
 def test_peak_memory_stays_under_the_budget(workdir: Path, ending: str) -> None:
     """A 32x1024x1024 input (128 MiB, larger than the 100 MiB budget; its whole restoration
-    would need about 2.4 GiB) completes in segments: its peak memory stays within 1.25 times
-    the budget over the baseline (the same run on a volume smaller than one segment; for
-    OME-Zarr the chunks' buffers are counted in the budget). Within the budget alone on the
-    machine, not always with the other case beside it (docs/big-data.md). Without the fixes
-    this guards it peaked at
+    would need about 2.4 GiB) completes in segments: its peak memory stays within the budget
+    over the baseline (the same run on a volume smaller than one segment; for OME-Zarr the
+    chunks' buffers are counted in the budget), also with the other case running beside it
+    (two workers). Without the fixes this guards it peaked at
     2.2 GiB (the noise measured on the whole volume) and 500 MiB (Zarr's freed buffers kept).
     Both measured with the compiled code in the persistent cache: compiling takes memory of
     its own, which the budget does not cover."""
@@ -580,9 +579,9 @@ def test_peak_memory_stays_under_the_budget(workdir: Path, ending: str) -> None:
     assert eprjax.read("big_out").shape == (32, 1024, 1024)
     print(f"{ending}: peak {peak / 2**20:.1f} MiB, baseline {baseline / 2**20:.1f} MiB, over {(peak - baseline) / 2**20:.1f}")
     # measured (2-core CPU, the planner at 16 MiB + 110 B per object voxel and the host
-    # copies, the two cases side by side): 102-112 MiB over the baseline for i2i, under 100
-    # for OME-Zarr; alone on the machine 58-99 (docs/big-data.md)
-    assert peak < baseline + 1.25 * budget * 2**20, (peak / 2**20, baseline / 2**20)
+    # copies, the two cases side by side): up to 112 MiB over the baseline with Zarr's default
+    # six threads; with one 61-64 (sampled) and 45.8-91.9 here (docs/big-data.md)
+    assert peak < baseline + budget * 2**20, (peak / 2**20, baseline / 2**20)
 
 
 def test_a_store_the_file_system_refuses_is_one_line(files: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
