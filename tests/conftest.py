@@ -49,6 +49,34 @@ def compilation_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
+def interrupted(argv: list[str], *, cwd: Path, signum: int, ready, env: dict[str, str] | None = None) -> tuple[int, float, str]:
+    """Start the command ``argv``, call ``ready(process)`` (it returns once the moment to
+    interrupt has come), send ``signum`` and wait: (exit status, seconds from the signal to
+    the end, what the command wrote on stderr after ``ready`` returned)."""
+    import time  # noqa: PLC0415
+
+    p = subprocess.Popen(argv, cwd=cwd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ready(p)
+        began = time.perf_counter()
+        p.send_signal(signum)
+        rest = p.stderr.read()
+        p.wait(timeout=30)
+        took = time.perf_counter() - began
+    finally:
+        p.kill()
+        p.stderr.close()
+    return p.returncode, took, rest
+
+
+def assert_ended_cleanly(code: int, took: float, rest: str, folder: Path, inputs: list[str]) -> None:
+    """An interrupted command: status 130 within 2 s, its one line, and in ``folder`` only
+    the ``inputs`` (no output, no temporary file; the compilation cache aside)."""
+    assert code == 130 and took < 2.0, (code, took, rest[-500:])
+    assert rest.strip().splitlines()[-1] == "epr: error: interrupted; no partial output was left", rest[-500:]
+    assert sorted(f.name for f in folder.iterdir() if f.name != "cache") == sorted(inputs)
+
+
 def run_eprjax(argv: list[str]) -> int:
     """``eprjax ARGV`` in this process; its exit status."""
     from eprjax.cli import main

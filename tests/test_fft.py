@@ -18,7 +18,7 @@ import eprjax
 from eprjax import _fft, _restore, _tune
 from eprjax._operator import adjoint, forward, make_grid, psf_otf
 
-from .conftest import ROOT, run_eprjax
+from .conftest import ROOT, assert_ended_cleanly, interrupted, run_eprjax
 from .test_gradients import CASES
 from .test_restore import blurred, gaussian_psf, scene
 
@@ -263,18 +263,10 @@ def test_sigterm_ends_a_restoration_on_the_host_fft(tmp_path, verbose) -> None:
     script = "import sys; from eprjax.cli import epr_main; sys.argv[0] = 'epr'; epr_main()"
     argv = [sys.executable, "-c", script, *verbose, "-psf", "psf.i2i", "-sm", "1e-6", "-co", "1e-12", "-it", "1000000", "image.i2i", "out.i2i"]
     env = {**os.environ, "EPRJAX_FFT": "host", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "EPRJAX_CACHE_DIR": str(tmp_path / "cache")}
-    p = subprocess.Popen(argv, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
-    try:
+
+    def iterating(p) -> None:
         time.sleep(12.0)  # JAX loaded, the restoration compiled and iterating (about 10 ms each)
         assert p.poll() is None
-        began = time.perf_counter()
-        p.send_signal(signal.SIGTERM)
-        rest = p.stderr.read()
-        p.wait(timeout=30)
-        took = time.perf_counter() - began
-    finally:
-        p.kill()
-        p.stderr.close()
-    assert p.returncode == 130 and took < 2.0, (p.returncode, took, rest[-500:])
-    assert rest.strip().splitlines()[-1] == "epr: error: interrupted; no partial output was left", rest[-500:]
-    assert sorted(f.name for f in tmp_path.iterdir() if f.name != "cache") == ["image.i2i", "psf.i2i"]
+
+    code, took, rest = interrupted(argv, cwd=tmp_path, signum=signal.SIGTERM, ready=iterating, env=env)
+    assert_ended_cleanly(code, took, rest, tmp_path, ["image.i2i", "psf.i2i"])

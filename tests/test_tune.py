@@ -14,6 +14,7 @@ import eprjax
 from eprjax._operator import make_grid
 from eprjax._tune import _criterion, _trace_function
 
+from .conftest import assert_ended_cleanly, interrupted
 from .conftest import run_eprjax as cli
 from .reference import Model
 from .test_restore import blurred, gaussian_psf, scene
@@ -280,7 +281,6 @@ def test_interrupted_tuning_ends_within_two_seconds(tmp_path, signal_name) -> No
     process ends within 2 s, status 130, one line, no output and no temporary file left
     (measured: 0.2 s)."""
     import signal
-    import subprocess
     import sys
     import time
 
@@ -292,23 +292,15 @@ def test_interrupted_tuning_ends_within_two_seconds(tmp_path, signal_name) -> No
     eprjax.write(tmp_path / "psf.i2i", h / h.sum())
     script = "import sys; from eprjax.cli import epr_main; sys.argv[0] = 'epr'; epr_main()"
     argv = [sys.executable, "-c", script, "-V", "-psf", "psf.i2i", "-sm", "auto", "-co", "1e-6", "g.i2i", "out.i2i"]
-    p = subprocess.Popen(argv, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def inside_the_first_trial(p) -> None:
         for line in p.stderr:
             if "trial 1" in line:
                 break
-        time.sleep(1.0)  # inside the trial
-        began = time.perf_counter()
-        p.send_signal(getattr(signal, signal_name))
-        rest = p.stderr.read()
-        p.wait(timeout=30)
-        took = time.perf_counter() - began
-    finally:
-        p.kill()
-        p.stderr.close()
-    assert p.returncode == 130 and took < 2.0, (p.returncode, took, rest[-500:])
-    assert rest.strip().splitlines()[-1] == "epr: error: interrupted; no partial output was left"
-    assert sorted(f.name for f in tmp_path.iterdir() if f.name != "cache") == ["g.i2i", "psf.i2i"]
+        time.sleep(1.0)
+
+    code, took, rest = interrupted(argv, cwd=tmp_path, signum=getattr(signal, signal_name), ready=inside_the_first_trial)
+    assert_ended_cleanly(code, took, rest, tmp_path, ["g.i2i", "psf.i2i"])
 
 
 def test_budget_progress_and_table() -> None:
