@@ -8,8 +8,7 @@ ducc0 with all allowed threads (NumPy arrays), and the operator's host convoluti
 from a compiled program (the callback, its copies and the OTF product included); then the
 EPR iteration, periodic and padded (the default grid), with XLA's FFT and with the host FFT,
 and its ratio to two scipy.fft pairs on the same grid: the issue's measure. Every figure is
-the median of --repeats timed calls after a warm-up, with the spread. ducc0 is optional
-(`pip install ducc0`): left out when absent.
+the median of --repeats timed calls after a warm-up, with the spread.
 """
 
 from __future__ import annotations
@@ -18,20 +17,27 @@ import argparse
 import os
 import sys
 
+import ducc0
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.fft
 
 from bench_restore import epr_iterations, gaussian_psf, test_image, timed
-from eprjax import _fft, _restore
+from eprjax import _fft
 from eprjax._operator import default_pad, make_grid, psf_otf
 
 
 def _use(mode: str) -> None:
     os.environ["EPRJAX_FFT"] = mode
-    jax.clear_caches()
-    _restore._differentiable.cache_clear()
+    _fft.forget_traces()
+
+
+def scipy_pair(shape):
+    """One scipy.fft real-FFT pair on ``shape`` with all allowed threads, as a callable."""
+    threads = _fft.fft_threads()
+    x = np.random.default_rng(1).random(shape, np.float32)
+    return lambda: scipy.fft.irfftn(scipy.fft.rfftn(x, workers=threads), s=shape, workers=threads)
 
 
 def pairs(shape, repeats: int) -> dict[str, tuple[float, float, float]]:
@@ -40,20 +46,16 @@ def pairs(shape, repeats: int) -> dict[str, tuple[float, float, float]]:
     xj = jnp.asarray(x)
     otf, _ = psf_otf(jnp.asarray(gaussian_psf()), make_grid(shape, (0, 0, 0)))
     xla = jax.jit(lambda x: jnp.fft.irfftn(jnp.fft.rfftn(x), s=shape))
+
+    def ducc():
+        spectrum = ducc0.fft.r2c(x, axes=(0, 1, 2), nthreads=threads)
+        return ducc0.fft.c2r(spectrum, axes=(0, 1, 2), lastsize=shape[-1], inorm=2, nthreads=threads)
+
     found = {
         "XLA (jit), 1 thread": lambda: xla(xj),
-        f"scipy.fft, {threads} threads": lambda: scipy.fft.irfftn(scipy.fft.rfftn(x, workers=threads), s=shape, workers=threads),
+        f"scipy.fft, {threads} threads": scipy_pair(shape),
+        f"ducc0 {ducc0.__version__}, {threads} threads": ducc,
     }
-    try:
-        import ducc0
-
-        def ducc():
-            spectrum = ducc0.fft.r2c(x, axes=(0, 1, 2), nthreads=threads)
-            return ducc0.fft.c2r(spectrum, axes=(0, 1, 2), lastsize=shape[-1], inorm=2, nthreads=threads)
-
-        found[f"ducc0 {ducc0.__version__}, {threads} threads"] = ducc
-    except ImportError:
-        print("ducc0 not installed: left out", file=sys.stderr)
     _use("host")
     host = jax.jit(lambda x: _fft.convolve(x, otf, shape))
     found["host convolution from jit (callback, copies, OTF product)"] = lambda: host(xj)
@@ -89,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (s, lo, hi) in measured.items():
             print(f"| {size} | one real-FFT pair: {name} | {s:.4f} | {lo:.4f}-{hi:.4f} | {s / ref:.2f} |", flush=True)
         for label, mode, s, lo, hi, grid_shape in iterations(shape, args.repeats):
-            grid_pair = ref if label == "periodic" else timed(
-                lambda gs=grid_shape, x=np.random.default_rng(1).random(grid_shape, np.float32): scipy.fft.irfftn(
-                    scipy.fft.rfftn(x, workers=_fft.fft_threads()), s=gs, workers=_fft.fft_threads()), args.repeats)[1]
+            grid_pair = ref if label == "periodic" else timed(scipy_pair(grid_shape), args.repeats)[1]
             print(f"| {size} | EPR iteration, {label} ({'x'.join(map(str, grid_shape))}), EPRJAX_FFT={mode} | {s:.4f} | "
                   f"{lo:.4f}-{hi:.4f} | {s / grid_pair:.2f} (two pairs: {s / (2 * grid_pair):.2f}) |", flush=True)
     print(f"\nload at the end {os.getloadavg()[0]:.2f}")

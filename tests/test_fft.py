@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import eprjax
-from eprjax import _fft, _restore, _tune
+from eprjax import _fft
 from eprjax._operator import adjoint, forward, make_grid, psf_otf
 
 from .conftest import ROOT, assert_ended_cleanly, interrupted, run_eprjax
@@ -23,22 +23,15 @@ from .test_gradients import CASES
 from .test_restore import blurred, gaussian_psf, scene
 
 
-def _clear() -> None:
-    """Forget every traced program: the FFT library is chosen when a function is traced."""
-    jax.clear_caches()
-    for built in (_restore._differentiable, *(getattr(_tune, n) for n in dir(_tune) if hasattr(getattr(_tune, n), "cache_clear"))):
-        built.cache_clear()
-
-
 @pytest.fixture
 def fft_mode(monkeypatch: pytest.MonkeyPatch):
     """Sets EPRJAX_FFT for the test, with no program traced under another choice."""
     def use(mode: str) -> None:
         monkeypatch.setenv("EPRJAX_FFT", mode)
-        _clear()
+        _fft.forget_traces()
 
     yield use
-    _clear()
+    _fft.forget_traces()
 
 
 def _reference(x, kernel, conjugate=False):
@@ -215,11 +208,11 @@ def test_a_bad_fft_setting_is_one_line(workdir, monkeypatch: pytest.MonkeyPatch,
     eprjax.write("psf.i2i", psf)
     eprjax.write("image.i2i", blurred(scene((6, 16, 16)), psf))
     monkeypatch.setenv("EPRJAX_FFT", "fftw")
-    _clear()
+    _fft.forget_traces()
     assert run_eprjax(["epr", "-psf", "psf", "-sm", "1e-3", "image", "out"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "EPRJAX_FFT" in err and "internal error" not in err, err
-    _clear()
+    _fft.forget_traces()
 
 
 def test_several_cpu_devices_keep_xla_fft() -> None:

@@ -96,6 +96,16 @@ def uses_host_fft(shape: Sequence[int]) -> bool:
     return mode == "host"
 
 
+def forget_traces() -> None:
+    """Forget every traced restoration, so that the next call chooses its FFT anew (after
+    ``EPRJAX_FFT`` changed in the same process: the choice is made when a function is traced)."""
+    from . import _restore, _tune  # noqa: PLC0415  (they import this module)
+
+    jax.clear_caches()
+    for built in (_restore._differentiable, _tune._trace_function, _tune._given):
+        built.cache_clear()
+
+
 def describe(shape: Sequence[int], platform: str) -> str:
     """Which FFT a restoration on an object grid of ``shape`` uses on ``platform``, in words."""
     if platform == "cpu" and uses_host_fft(shape):
