@@ -12,7 +12,7 @@ import numpy as np
 import typer
 
 import eprjax
-from eprjax._fine import resample_psf
+from eprjax._fine import psf_on_object_grid, voxel_text
 from eprjax._restore import check_psf
 from eprjax._stream import Source
 
@@ -22,9 +22,6 @@ log = logging.getLogger("eprjax")
 
 _RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)(?P<rest>.*)")
 MEASURED = "noise measured on the data"  # how prepdata's history says its RNL did not come from the camera
-VOXEL_TOLERANCE = 0.01  # PSF and data voxel sizes may differ by this fraction
-NYQUIST_SHARE = 0.01  # a PSF coarser than the data: refused when more of its energy than this
-NYQUIST_BAND = 0.4  # ... lies above this many cycles per voxel (the top fifth of its band)
 
 
 def rnl_from_history(image: eprjax.Image, *, camera_only: bool = False) -> float | None:
@@ -64,12 +61,8 @@ def with_voxel_size(image: eprjax.Image, size: float | None, spaced: float | Non
     z, y, x = image.voxel_size_um
     given = (spaced if spaced is not None else z, size if size is not None else y, size if size is not None else x)
     if (z, y, x) != (None, None, None) and given != (z, y, x):
-        log.info("%s: voxel size %s um, as given (the file says %s)", name, _voxel_text(given), _voxel_text((z, y, x)))
+        log.info("%s: voxel size %s um, as given (the file says %s)", name, voxel_text(given), voxel_text((z, y, x)))
     return image.replace(voxel_size_um=given)
-
-
-def _voxel_text(voxel) -> str:
-    return " x ".join("?" if v is None else f"{v:.4g}" for v in voxel)
 
 
 def read_inputs(
@@ -95,81 +88,3 @@ def read_inputs(
     source = Source(image.data)
     source.check_finite(input)
     return image, psf_image, source, h
-
-
-def _too_coarse(h: np.ndarray, axis: int) -> float:
-    """The share of ``h``'s energy above `NYQUIST_BAND` cycles per voxel along ``axis``: a
-    PSF sampled at its Nyquist limit or coarser holds much there, one sampled finer nearly
-    none."""
-    power = np.abs(np.fft.fftn(np.asarray(h, np.float64))) ** 2
-    f = np.abs(np.fft.fftfreq(h.shape[axis]))
-    profile = power.sum(axis=tuple(a for a in range(3) if a != axis))
-    return float(profile[f > NYQUIST_BAND].sum() / max(profile.sum(), 1e-300))
-
-
-def psf_on_object_grid(
-    data: eprjax.Image, psf: eprjax.Image, h: np.ndarray, factor: tuple[int, int, int], psf_name: str, data_name: str = "the data",
-) -> np.ndarray:
-    """The PSF on the restoration's grid (``factor`` times finer than the data's). Along each
-    axis its file says how it is sampled: like the restoration's grid (used as it is), like
-    the data (brought to a finer grid by band-limited interpolation, `fine_psf`), or at
-    another voxel size (brought to the grid's by band-limited resampling, `resample_psf`;
-    refused where the PSF is coarser than the grid and holds light up to its own sampling
-    limit, since interpolation would invent what it lacks). Where the PSF does not say, like
-    the data; where the data do not say, like the PSF (with a warning)."""
-    steps, assumed, given, wanted, unsaid = [], [], [], [], []
-    for axis, k, a, b in zip("zyx", factor, data.voxel_size_um, psf.voxel_size_um, strict=True):
-        if a is None and b is not None:
-            unsaid.append(axis)
-            a = b * k if k > 1 else b
-        if b is None:
-            steps.append(k)
-            if k > 1:
-                assumed.append(axis)
-            given.append(None)
-            wanted.append(None)
-            continue
-        fine = a / k
-        given.append(b)
-        wanted.append(fine)
-        if abs(b - fine) <= VOXEL_TOLERANCE * max(b, fine):
-            steps.append(1)
-        elif abs(b - a) <= VOXEL_TOLERANCE * max(a, b):
-            steps.append(k)
-        else:
-            steps.append(None)
-    if unsaid:
-        log.warning(
-            "%s states no voxel size along %s; the PSF's (%s um) is taken for it: give -size and -spaced if that is wrong",
-            data_name, ", ".join(unsaid), _voxel_text(psf.voxel_size_um),
-        )
-    if assumed:
-        log.info("the voxel size along %s is unknown: the PSF is taken as sampled like the data there", ", ".join(assumed))
-    if None in steps:
-        voxel_in = tuple(b if b is not None else 1.0 for b in given)
-        voxel_out = tuple(w if w is not None else 1.0 / k for w, k in zip(wanted, factor, strict=True))
-        for axis, (b, w) in enumerate(zip(voxel_in, voxel_out, strict=True)):
-            if b > w * (1 + VOXEL_TOLERANCE):
-                share = _too_coarse(h, axis)
-                if share > NYQUIST_SHARE:
-                    raise eprjax.ParameterError(
-                        f"{psf_name}: the PSF is sampled at {b:.4g} um along {'zyx'[axis]}, coarser than the {w:.4g} um "
-                        f"needed, and holds light up to its own sampling limit ({100 * share:.1f}% of its energy in the top fifth "
-                        "of its band): resampling would invent detail; measure or compute the PSF at the data's sampling"
-                    )
-        resampled = np.maximum(np.asarray(resample_psf(h, voxel_in, voxel_out)), 0)
-        log.info(
-            "the PSF (%s um, %s) brought to the %s sampling (%s um) by band-limited resampling: %s",
-            _voxel_text(voxel_in), "x".join(map(str, h.shape)), "data's" if factor == (1, 1, 1) else "restoration grid's",
-            _voxel_text(voxel_out), "x".join(map(str, resampled.shape)),
-        )
-        return resampled.astype(np.float32)
-    if steps == [1, 1, 1]:
-        return h
-    fine_h = np.asarray(eprjax.fine_psf(h, tuple(steps)))
-    log.info(
-        "the PSF, sampled like the data, brought onto the %dx%dx%d finer grid by band-limited interpolation: %s -> %s "
-        "(it holds no detail finer than the data's sampling; a PSF measured or computed on the fine grid resolves more)",
-        *factor, "x".join(map(str, h.shape)), "x".join(map(str, fine_h.shape)),
-    )
-    return fine_h

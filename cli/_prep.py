@@ -55,21 +55,8 @@ def _sampling_out(size_out: float | None, spaced_out: float | None, like: str | 
 
 def _report(psf: eprjax.PreparedPSF, sheet: bool) -> None:
     """The preparation report (-V); its warnings always."""
-    lo, hi = psf.background_range
-    log.info("background %.4g per voxel%s; noise sigma %.3g", float(psf.background), "" if hi - lo < 0.01 else f" (planes {lo:.4g} to {hi:.4g})", psf.noise)
-    sz, sy, sx = psf.shift
-    for number, (index, cz, cy, cx) in enumerate(psf.centres):
-        where = f" (image {index + 1})" if psf.centres[-1][0] > 0 else ""
-        moved = f"; shifted by x {sx:.3f}, y {sy:.3f}, z {sz:.3f}" if number == 0 else ""
-        log.info("bead centre x %.3f, y %.3f, z %.3f (voxels)%s%s", cx, cy, cz, where, moved)
-    log.info("peak signal-to-noise %.0f; sum after background subtraction, before normalisation: %.6g", psf.peak_snr, float(psf.total))
-    fz, fy, fx = psf.fwhm_um
-    log.info("FWHM x %.3f, y %.3f, z %.3f um", fx, fy, fz)
-    log.info("outside the bead's bright core: %.1f%% of the PSF's light", 100 * psf.tail_fraction)
-    if not math.isnan(psf.outside_support):
-        log.info("outside the OTF support: %.2f%% of the energy", 100 * psf.outside_support)
-    elif sheet:
-        log.info("outside the OTF support: not known without -sheet_NA")
+    for line in psf.report(lightsheet=sheet):
+        log.info("%s", line)
     for line in psf.warnings:
         log.warning("%s", line)
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -128,3 +129,34 @@ def bioformats() -> tuple[str, Path]:
     if not jar.exists():
         pytest.skip(f"Bio-Formats jar not found at {jar}")
     return java, jar
+
+
+@pytest.fixture(scope="session")
+def display() -> str:
+    """An X display for Qt (napari's tests): the one the session has, or a virtual one
+    (Xvfb) started for it; skips where there is neither. (Qt's offscreen platform draws no
+    image layers in napari, so a real X server it is.) The server is started with
+    -terminate, so that it ends when its last client, this process's Qt, disconnects as the
+    process exits (Qt must never find it gone first); it is started by a shell that leaves
+    it running, so that no Popen object outlives the session."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    if shutil.which("Xvfb") is None:
+        pytest.skip("no display and no Xvfb (apt-get install xvfb)")
+    read, write = os.pipe()
+    started = subprocess.run(
+        ["sh", "-c", f'Xvfb -displayfd {write} -screen 0 1600x1200x24 -nolisten tcp -terminate >/dev/null 2>&1 & echo $!'],
+        pass_fds=(write,), capture_output=True, text=True, check=True,
+    )
+    os.close(write)
+    pid = int(started.stdout.strip())
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()
+    if not number:
+        pytest.skip("Xvfb did not start")
+    os.environ["DISPLAY"] = f":{number}"
+    yield os.environ["DISPLAY"]
+    widgets = sys.modules.get("qtpy.QtWidgets")
+    if widgets is None or widgets.QApplication.instance() is None:  # no client ever came
+        os.kill(pid, signal.SIGTERM)

@@ -99,6 +99,29 @@ class PreparedPSF(eqx.Module):
     masked_fraction: Float[Array, ""]
     warnings: tuple[str, ...]
 
+    def report(self, *, lightsheet: bool = False) -> list[str]:
+        """The preparation report, one line each (preppsf -V prints it; the warnings apart):
+        background and noise, the bead centre(s) and the shift, peak SNR and total, FWHM,
+        the light in the tails and outside the OTF support (``lightsheet``: say that the
+        support is unknown where no sheet NA was given)."""
+        lo, hi = self.background_range
+        planes = "" if hi - lo < 0.01 else f" (planes {lo:.4g} to {hi:.4g})"
+        lines = [f"background {float(self.background):.4g} per voxel{planes}; noise sigma {self.noise:.3g}"]
+        sz, sy, sx = self.shift
+        for number, (index, cz, cy, cx) in enumerate(self.centres):
+            where = f" (image {index + 1})" if self.centres[-1][0] > 0 else ""
+            moved = f"; shifted by x {sx:.3f}, y {sy:.3f}, z {sz:.3f}" if number == 0 else ""
+            lines.append(f"bead centre x {cx:.3f}, y {cy:.3f}, z {cz:.3f} (voxels){where}{moved}")
+        lines.append(f"peak signal-to-noise {self.peak_snr:.0f}; sum after background subtraction, before normalisation: {float(self.total):.6g}")
+        fz, fy, fx = self.fwhm_um
+        lines.append(f"FWHM x {fx:.3f}, y {fy:.3f}, z {fz:.3f} um")
+        lines.append(f"outside the bead's bright core: {100 * self.tail_fraction:.1f}% of the PSF's light")
+        if not math.isnan(self.outside_support):
+            lines.append(f"outside the OTF support: {100 * self.outside_support:.2f}% of the energy")
+        elif lightsheet:
+            lines.append("outside the OTF support: not known without -sheet_NA")
+        return lines
+
 
 def _widefield_support(shape, kz, q, *, na: float, n: float, wavelength_um: float) -> np.ndarray:
     radius, k0 = na / wavelength_um, n / wavelength_um
