@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import zipfile
@@ -131,32 +130,43 @@ def bioformats() -> tuple[str, Path]:
     return java, jar
 
 
+def _check_qt_opens(display: str) -> None:
+    """Skip unless Qt can open ``display``, tried in a child process: where its X libraries
+    are missing Qt aborts the process that tries, which must not be the test's."""
+    tried = subprocess.run(
+        [sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
+        env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60,
+    )
+    if tried.returncode != 0:
+        last = (tried.stderr.strip().splitlines() or ["no message"])[-1]
+        pytest.skip(f"Qt cannot open the display {display} ({last}); install Qt's X libraries (.ci/run lists them)")
+
+
 @pytest.fixture(scope="session")
 def display() -> str:
     """An X display for Qt (napari's tests): the one the session has, or a virtual one
-    (Xvfb) started for it; skips where there is neither. (Qt's offscreen platform draws no
-    image layers in napari, so a real X server it is.) The server is started with
-    -terminate, so that it ends when its last client, this process's Qt, disconnects as the
-    process exits (Qt must never find it gone first); it is started by a shell that leaves
-    it running, so that no Popen object outlives the session."""
+    (Xvfb) started for it; skips where there is neither, or where Qt cannot open it. (Qt's
+    offscreen platform draws no image layers in napari, so a real X server it is.) The
+    server outlives this process: a watcher ends it once the process is gone, so that Qt,
+    closing its connection as the process exits, never finds it gone first; both are left
+    running by bash, so that no Popen object outlives the session."""
     if os.environ.get("DISPLAY"):
+        _check_qt_opens(os.environ["DISPLAY"])
         yield os.environ["DISPLAY"]
         return
     if shutil.which("Xvfb") is None:
         pytest.skip("no display and no Xvfb (apt-get install xvfb)")
     read, write = os.pipe()
-    started = subprocess.run(
-        ["sh", "-c", f'Xvfb -displayfd {write} -screen 0 1600x1200x24 -nolisten tcp -terminate >/dev/null 2>&1 & echo $!'],
-        pass_fds=(write,), capture_output=True, text=True, check=True,
+    script = (
+        f"Xvfb -displayfd {write} -screen 0 1600x1200x24 -nolisten tcp >/dev/null 2>&1 & x=$!; "
+        f"(while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill $x) >/dev/null 2>&1 {write}>&- &"
     )
+    subprocess.run(["bash", "-c", script], pass_fds=(write,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     os.close(write)
-    pid = int(started.stdout.strip())
     with os.fdopen(read) as pipe:
-        number = pipe.readline().strip()
+        number = pipe.readline().strip()  # Xvfb writes its display's number when it is ready
     if not number:
         pytest.skip("Xvfb did not start")
     os.environ["DISPLAY"] = f":{number}"
+    _check_qt_opens(os.environ["DISPLAY"])
     yield os.environ["DISPLAY"]
-    widgets = sys.modules.get("qtpy.QtWidgets")
-    if widgets is None or widgets.QApplication.instance() is None:  # no client ever came
-        os.kill(pid, signal.SIGTERM)

@@ -237,3 +237,13 @@ def test_sigterm_during_a_write_leaves_nothing(volume: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 130, done.stderr
     assert sorted(p.name for p in Path(".").iterdir()) == ["vol.i2i"]
+
+
+def test_the_library_and_commands_import_no_gui():
+    """napari and Qt are the plugin's alone: importing eprjax and its commands loads neither."""
+    code = (
+        "import sys, eprjax, eprjax.cli, eprjax.cli._epr, eprjax.cli._prep, eprjax.cli._tune; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

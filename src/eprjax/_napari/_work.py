@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -150,8 +151,6 @@ def restore(
     """`eprjax.restore` of ``data`` (3-D, or 4-D: every volume) with ``psf`` (already on the
     data's sampling: `psf_like_data`), reporting each chunk of iterations and stopping
     (`Cancelled`) when ``stop()`` says so; ``region``: only that part of the data (a preview)."""
-    import time  # noqa: PLC0415
-
     if padding not in PADDINGS:
         raise eprjax.ParameterError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
     if not (math.isfinite(alpha) and alpha >= 0):
