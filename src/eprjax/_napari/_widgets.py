@@ -217,8 +217,9 @@ class _RestoreSettings(_Task):
 
     def _region(self, image: Image) -> tuple[slice, slice, slice]:
         """The preview's sub-volume about the view's centre (in the image's voxels)."""
-        centre = image.world_to_data(self._viewer.camera.center if len(self._viewer.camera.center) == image.ndim else self._viewer.dims.point)
-        return _work.preview_box(image.data.shape, centre, self.preview_size.value)
+        point = list(self._viewer.dims.point)  # the planes shown, and Y, X from the camera
+        point[-2:] = self._viewer.camera.center[-2:]
+        return _work.preview_box(image.data.shape, image.world_to_data(point), self.preview_size.value)
 
     def _volume(self, image: Image) -> Any:
         """The image's current volume (a 4-D layer's at the viewer's time step)."""
