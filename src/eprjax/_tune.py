@@ -465,6 +465,11 @@ def _flat(points) -> bool:
     return xb > xa and (vb - va) / (xb - xa) < FLOOR_SLOPE
 
 
+class NoAlphaFound(EprjaxError):
+    """The discrepancy principle found no alpha: the residual stays on one side of its
+    expected value at every alpha tried (the message says which side, and what to do)."""
+
+
 class _NoRoot(Exception):
     pass
 
@@ -732,7 +737,7 @@ def tune_alpha(
             stopped = f"the budget of {max_seconds:g} s ran out after {len(seen)} trials: the best alpha so far"
         except _NoRoot:
             ratios = np.exp([v for _, v in seen])
-            raise EprjaxError(
+            raise NoAlphaFound(
                 f"the discrepancy principle found no alpha: the residual is {ratios.min():.3g} to {ratios.max():.3g} "
                 f"times its expected value at every alpha tried ({min(a for a, _ in seen):.3g} to {max(a for a, _ in seen):.3g})"
                 + ("; the model does not fit the data to the noise level (a PSF unlike the data's, or noise underestimated)"

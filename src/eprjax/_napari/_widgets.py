@@ -22,7 +22,7 @@ from napari.qt.threading import create_worker
 from superqt.utils import ensure_main_thread
 
 import eprjax
-from eprjax._psf import NORMS
+from eprjax._psf import MODALITIES, NORMS
 
 from . import _work
 from ._layers import KEY, history_of, voxel_size_of
@@ -50,6 +50,7 @@ class _Task(Container):
         self.worker: Any = None  # the running worker, if any (tests wait on it)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=True)
         self.status = Label(value="", label="")
+        self.status.native.setWordWrap(True)
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.cancel.changed.connect(self._cancel)
         self._buttons: list[PushButton] = []
@@ -148,28 +149,51 @@ class PreparePSFWidget(_Task):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.bead = self._layer_choice("bead image", "Images of sub-resolution beads, as the camera recorded them.")
+        self.pixel = LineEdit(value="", label="XY pixel (um)", tooltip="At the object (-size); filled from the layer's scale where it has one.")
+        self.step = LineEdit(value="", label="Z step (um)", tooltip="Between planes (-spaced); filled from the layer's scale where it has one.")
         self.na = FloatSpinBox(value=1.4, min=0.05, max=1.7, step=0.01, label="NA", tooltip="The (detection) objective's numerical aperture.")
         self.n = FloatSpinBox(value=1.515, min=1.0, max=2.5, step=0.001, label="immersion n", tooltip="The immersion medium's refractive index.")
         self.wavelength = FloatSpinBox(value=0.52, min=0.2, max=2.0, step=0.01, label="emission (um)")
+        self.modality = ComboBox(choices=list(MODALITIES), value="widefield", label="modality", tooltip="The OTF support the mask and the report use.")
+        self.excitation = FloatSpinBox(value=0.0, min=0.0, max=2.0, step=0.001, label="excitation (um)", tooltip="Confocal, light sheet; 0: the emission's.")
+        self.sheet_na = FloatSpinBox(value=0.0, min=0.0, max=1.7, step=0.01, label="sheet NA", tooltip="Light sheet: the illumination NA (needed for its mask); 0: not given.")
+        self.mask = FloatSpinBox(value=0.0, min=0.0, max=3.0, step=0.1, label="mask", tooltip="Remove what lies outside the OTF support scaled by this (-mask; 1: as theory says); 0: no mask.")
         self.norm = ComboBox(choices=list(NORMS), value="infocus", label="normalise", tooltip="infocus: the centre plane sums to 1; total: the PSF sums to 1.")
         self.beads = SpinBox(value=1, min=1, max=100, label="beads", tooltip="How many (isolated, brightest) beads to average.")
         self.distill = CheckBox(value=True, text="separate the bead from the noise floor")
         self.report_text = TextEdit(value="", label="report")
-        self.report_text.enabled = True
+        self.report_text.read_only = True
         self.run_button = PushButton(text="Prepare PSF")
         self.run_button.changed.connect(self._guarded(self.start))
-        self._finish_layout(self.bead, self.na, self.n, self.wavelength, self.norm, self.beads, self.distill, buttons=[self.run_button])
+        self.bead.changed.connect(self._fill_voxel)
+        self._finish_layout(
+            self.bead, self.pixel, self.step, self.na, self.n, self.wavelength, self.modality, self.excitation, self.sheet_na, self.mask,
+            self.norm, self.beads, self.distill, buttons=[self.run_button],
+        )
         self.append(self.report_text)
+        self._fill_voxel()
+
+    def _fill_voxel(self, *_: Any) -> None:
+        """The pixel size and Z step from the chosen bead layer's scale, where it has one."""
+        if self.bead.value is None:
+            return
+        z, _, x = _voxel(self.bead.value)
+        self.pixel.value = "" if x is None else f"{x:.6g}"
+        self.step.value = "" if z is None else f"{z:.6g}"
 
     def start(self) -> None:
         (bead,) = self._checked((self.bead, "the bead image"))
-        z, _, x = _voxel(bead)
-        if x is None or z is None:
-            raise eprjax.ParameterError(f"{bead.name!r} has no voxel size: set the layer's scale (z, y, x um) first")
+        if not self.pixel.value.strip() or not self.step.value.strip():
+            raise eprjax.ParameterError(f"{bead.name!r} states no voxel size: give the XY pixel and the Z step (um)")
+        x, z = _float(self.pixel.value, "the XY pixel"), _float(self.step.value, "the Z step")
         data = np.asarray(bead.data)
         if data.ndim != 3:
             raise eprjax.ParameterError(f"{bead.name!r}: a bead image must be one 3-D stack, got shape {data.shape}")
-        settings = dict(na=self.na.value, n=self.n.value, wavelength_um=self.wavelength.value, norm=self.norm.value, beads=self.beads.value, distill=self.distill.value)
+        settings = dict(
+            na=self.na.value, n=self.n.value, wavelength_um=self.wavelength.value, norm=self.norm.value, beads=self.beads.value,
+            distill=self.distill.value, modality=self.modality.value, excitation_um=self.excitation.value or None,
+            sheet_na=self.sheet_na.value or None, mask=self.mask.value or None,
+        )
         if settings["na"] >= settings["n"]:
             raise eprjax.ParameterError(f"the NA ({settings['na']}) must be below the immersion's index ({settings['n']})")
 
@@ -177,12 +201,18 @@ class PreparePSFWidget(_Task):
             return eprjax.prepare_psf(data, pixel_size_um=x, z_step_um=z, **settings)
 
         def done(psf: eprjax.PreparedPSF) -> None:
-            lines = psf.report() + [f"warning: {w}" for w in psf.warnings]
+            lines = psf.report(lightsheet=settings["modality"] == "lightsheet") + [f"warning: {w}" for w in psf.warnings]
+            if settings["mask"]:
+                lines.append(f"outside the OTF support ({settings['modality']} mask {settings['mask']:g}): {100 * float(psf.masked_fraction):.3g}% of the energy, removed")
             self.report_text.value = "\n".join(lines)
             fz, fy, fx = psf.fwhm_um
             line = (
-                f"* napari eprjax Prepare PSF of {bead.name!r}: NA {settings['na']}, n {settings['n']}, lambda {settings['wavelength_um']} um, "
-                f"norm {settings['norm']}, {settings['beads']} bead(s), {'distilled' if settings['distill'] else 'not distilled'}; "
+                f"* napari eprjax Prepare PSF of {bead.name!r}: voxel {z:g} x {x:g} um (z, xy), NA {settings['na']}, n {settings['n']}, "
+                f"lambda {settings['wavelength_um']} um, {settings['modality']}"
+                + (f" (excitation {settings['excitation_um']} um)" if settings["excitation_um"] else "")
+                + (f" (sheet NA {settings['sheet_na']})" if settings["sheet_na"] else "")
+                + (f", mask {settings['mask']}" if settings["mask"] else "")
+                + f", norm {settings['norm']}, {settings['beads']} bead(s), {'distilled' if settings['distill'] else 'not distilled'}; "
                 f"FWHM x {fx:.3f} y {fy:.3f} z {fz:.3f} um, tails {100 * psf.tail_fraction:.1f}%"
             )
             meta = {KEY: {"voxel_size_um": tuple(psf.voxel_size_um), "history": [*history_of(bead.metadata), line], "report": lines}}
@@ -238,7 +268,7 @@ class RestoreWidget(_RestoreSettings):
         super().__init__(napari_viewer)
         self.alpha = LineEdit(value="5e-4", label="alpha", tooltip="The smoothness (-sm): the noise-to-signal power ratio.")
         self.device = ComboBox(choices=_work.device_names(), label="device")
-        self.auto_button = PushButton(text="Auto alpha", tooltip="Choose alpha by the discrepancy principle on the preview region (noise measured there).")
+        self.auto_button = PushButton(text="Auto alpha", tooltip="Choose alpha on the preview region: by the discrepancy principle (noise measured there), else by GCV.")
         self.preview_button = PushButton(text="Preview")
         self.run_button = PushButton(text="Restore")
         self.auto_button.changed.connect(self._guarded(self.auto))
@@ -304,12 +334,12 @@ class RestoreWidget(_RestoreSettings):
         volume = self._volume(image)
 
         def work(report, stop):
-            return _work.tune(volume, h, region=box, max_iterations=settings["max_iterations"], tol=settings["tol"], padding=settings["padding"], report=report, stop=stop)
+            return _work.auto_alpha(volume, h, region=box, max_iterations=settings["max_iterations"], tol=settings["tol"], padding=settings["padding"], report=report, stop=stop)
 
-        def done(tuning: eprjax.Tuning) -> None:
-            self.tuning = tuning
-            self.alpha.value = f"{tuning.alpha:.4g}"
-            self.status.value = tuning.describe()
+        def done(found: tuple[eprjax.Tuning, str]) -> None:
+            self.tuning, said = found
+            self.alpha.value = f"{self.tuning.alpha:.4g}"
+            self.status.value = said
 
         self._run(work, done, "choosing alpha on the preview region")
 

@@ -18,6 +18,7 @@ import numpy as np
 
 import eprjax
 from eprjax._fine import psf_on_object_grid
+from eprjax._tune import NoAlphaFound
 
 Voxel = tuple[float | None, float | None, float | None]
 Report = Callable[[int, int, str], None]  # (done, total, what): for a progress bar
@@ -211,6 +212,19 @@ def tune(
         g, psf, criterion=criterion, pad=PADDINGS[padding], tol=tol, max_iterations=max_iterations,
         progress=progress, callback=evaluated, max_seconds=max_seconds, alphas=alphas,
     )
+
+
+def auto_alpha(data: Any, psf: np.ndarray, **settings: Any) -> tuple[eprjax.Tuning, str]:
+    """Auto: alpha by the discrepancy principle (`tune`); where that finds none (the noise
+    measured on the region does not match what the model leaves: correlated noise, as in
+    deskewed or resampled stacks), by GCV, which needs no noise model. Returns the tuning and
+    what was done, in words."""
+    try:
+        tuning = tune(data, psf, criterion="discrepancy", **settings)
+        return tuning, tuning.describe()
+    except NoAlphaFound as e:
+        tuning = tune(data, psf, criterion="gcv", **settings)
+        return tuning, f"{tuning.describe()}; {e} (so GCV chose)"
 
 
 def tuning_figure(tuning: eprjax.Tuning, figure: Any) -> None:
