@@ -218,6 +218,9 @@ def test_preview_auto_alpha_and_tuning(viewer, qtbot, tmp_path):
     assert tune.tuning is not None and tune.tuning.alpha == pytest.approx(want.alpha, rel=1e-4)
     (ax,) = tune.figure.axes
     assert len(ax.lines[0].get_xdata()) == tune.tuning.evaluations
+    bead.visible = viewer.layers["PSF"].visible = False
+    preview.colormap, preview.blending = "magma", "additive"  # the preview over the data
+    viewer.dims.set_point(0, 12 * 0.25)
     _screenshot(viewer, "napari-tune.png", tmp_path)
 
 
