@@ -19,6 +19,7 @@ with warnings.catch_warnings():  # napari's own imports warn of their dependenci
     napari = pytest.importorskip("napari")
     pytest.importorskip("pytestqt")
     from eprjax._napari import _layers, _widgets, _work
+    from qtpy.QtCore import QTimer
 
 import eprjax  # noqa: E402
 
@@ -172,8 +173,15 @@ def test_cancel_stops_a_long_restoration(viewer, qtbot):
     restore = _dock(viewer, _widgets.RestoreWidget, "Restore")
     restore.image.value, restore.psf.value = specimen, viewer.layers["model PSF"]
     restore.alpha.value, restore.iterations.value, restore.tol.value = "1e-7", 100000, "1e-9"
+    ticks = []  # the GUI thread's timer, every 20 ms while the work runs: how live the viewer stays
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
     _press(restore.run_button)
     qtbot.waitUntil(lambda: restore.progress.value >= 5, timeout=WORK_SECONDS * 1000)  # compiled, iterating
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(gaps) > 10 and gaps.max() < 0.5, (len(gaps), gaps.max())  # through compilation and iterations
     pressed = time.perf_counter()
     _press(restore.cancel)
     _wait(qtbot, restore, timeout=10)
