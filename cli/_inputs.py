@@ -13,6 +13,7 @@ import typer
 
 import eprjax
 from eprjax._fine import psf_on_object_grid, voxel_text
+from eprjax._prepdata import MEASURED
 from eprjax._restore import check_psf
 from eprjax._stream import Source
 
@@ -21,7 +22,6 @@ from ._convert import describe
 log = logging.getLogger("eprjax")
 
 _RNL = re.compile(r"prepdata: RNL (?P<rnl>[0-9.eE+-]+)(?P<rest>.*)")
-MEASURED = "noise measured on the data"  # how prepdata's history says its RNL did not come from the camera
 
 
 def rnl_from_history(image: eprjax.Image, *, camera_only: bool = False) -> float | None:

@@ -11,12 +11,12 @@ import typer
 
 import eprjax
 from eprjax._fine import fine_voxel_size
-from eprjax._prepdata import implied_offset
+from eprjax._prepdata import MEASURED, RNL_LINE, implied_offset
 
 from eprjax._psf import DEFAULT_WAVELENGTH_UM, MODALITIES, NORMS
 
 from ._convert import describe
-from ._inputs import MEASURED, with_voxel_size
+from ._inputs import with_voxel_size
 from ._frame import check_output, command, file_pairs, for_each_file, history_line
 
 log = logging.getLogger("eprjax")
@@ -210,7 +210,6 @@ def _check_offset(image: eprjax.Image, gain: float, read: float, name: str) -> N
         )
 
 
-RNL_LINE = "prepdata: RNL {rnl:.6g}, alpha = RNL^2 = {alpha:.6g}{source}"
 
 
 @command

@@ -166,6 +166,31 @@ def test_prepare_psf_then_restore_through_the_widgets(viewer, qtbot, tmp_path):
     assert shot.ndim == 3 and shot[..., :3].std() > 5  # drawn, not blank
 
 
+def test_prepare_data_gives_what_prepdata_gives_and_restore_takes_its_alpha(viewer, qtbot):
+    from eprjax.cli._inputs import rnl_from_history  # noqa: PLC0415  (what epr -sm rnl reads)
+
+    viewer.open_sample("eprjax", "raw specimen")
+    raw = viewer.layers["demo specimen (raw)"]
+    prepare = _dock(viewer, _widgets.PrepareDataWidget, "Prepare data")
+    assert (prepare.pixel.value, prepare.step.value) == ("0.187", "0.25")  # from the layer's scale
+    prepare.bg_ref.value, prepare.norm.value = "5 5 3", "first"
+    _press(prepare.run_button)
+    _wait(qtbot, prepare)
+    out = viewer.layers["demo specimen (raw) prepared"]
+    want = eprjax.prepare_data(np.asarray(raw.data, np.float32), bg_ref=(5, 5, 3), norm="first")
+    np.testing.assert_array_equal(out.data, np.asarray(want.value))
+    np.testing.assert_allclose(out.scale, (0.25, 0.187, 0.187))
+    history = _layers.history_of(out.metadata)
+    assert rnl_from_history(eprjax.Image(out.data, history=history)) == pytest.approx(float(want.rnl), rel=1e-5)
+    assert "suggested alpha" in prepare.status.value
+    restore = _dock(viewer, _widgets.RestoreWidget, "Restore")
+    restore.image.value = out
+    assert float(restore.alpha.value) == pytest.approx(float(want.rnl) ** 2, rel=1e-3)
+    prepare.bg_ref.value = "5 5"
+    _press(prepare.run_button)
+    assert prepare.status.value == "error: the background box must be three whole numbers NX NY NZ, got '5 5'"
+
+
 def test_cancel_stops_a_long_restoration(viewer, qtbot):
     _, specimen = _samples(viewer)
     psf = np.asarray(eprjax.widefield_psf((15, 31, 31), na=1.4, n=1.515, wavelength_um=0.52, pixel_size_um=0.187, z_step_um=0.25))

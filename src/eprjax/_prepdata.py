@@ -33,6 +33,9 @@ from ._noise import NoiseModel, estimate_noise
 
 NORMS = ("none", "first")
 
+RNL_LINE = "prepdata: RNL {rnl:.6g}, alpha = RNL^2 = {alpha:.6g}{source}"  # the history line epr -sm rnl reads
+MEASURED = "noise measured on the data"  # how that line says the RNL did not come from the camera
+
 
 class PreparedData(eqx.Module):
     """What `prepare_data` returns.

@@ -111,6 +111,13 @@ def sample_bead() -> list[LayerData]:
     return [layer_data(image, "demo bead", colormap="magma")]
 
 
+def sample_raw_specimen() -> list[LayerData]:
+    """The demo's specimen as the camera recorded it (int16 counts, background and bleaching
+    included): the input of Prepare data."""
+    image = eprjax.Image(_demo().image, voxel_size_um=SAMPLE_VOXEL_UM, history=("demo: a simulated specimen",))
+    return [layer_data(image, "demo specimen (raw)")]
+
+
 def sample_specimen() -> list[LayerData]:
     """The demo's specimen after the demo's prepdata (background removed, planes scaled to
     the first's): the input of Restore."""

@@ -175,11 +175,8 @@ class PreparePSFWidget(_Task):
 
     def _fill_voxel(self, *_: Any) -> None:
         """The pixel size and Z step from the chosen bead layer's scale, where it has one."""
-        if self.bead.value is None:
-            return
-        z, _, x = _voxel(self.bead.value)
-        self.pixel.value = "" if x is None else f"{x:.6g}"
-        self.step.value = "" if z is None else f"{z:.6g}"
+        if self.bead.value is not None:
+            self.pixel.value, self.step.value = _voxel_fields(self.bead.value)
 
     def start(self) -> None:
         (bead,) = self._checked((self.bead, "the bead image"))
@@ -201,6 +198,7 @@ class PreparePSFWidget(_Task):
             return eprjax.prepare_psf(data, pixel_size_um=x, z_step_um=z, **settings)
 
         def done(psf: eprjax.PreparedPSF) -> None:
+            _adopt_voxel(bead, z, x)
             lines = psf.report(lightsheet=settings["modality"] == "lightsheet") + [f"warning: {w}" for w in psf.warnings]
             if settings["mask"]:
                 lines.append(f"outside the OTF support ({settings['modality']} mask {settings['mask']:g}): {100 * float(psf.masked_fraction):.3g}% of the energy, removed")
@@ -224,6 +222,77 @@ class PreparePSFWidget(_Task):
             )
 
         self._run(work, done, f"preparing the PSF from {bead.name!r}")
+
+
+class PrepareDataWidget(_Task):
+    """Prepare data: prepdata on an image layer (camera offset, background, bleaching), with
+    its voxel size, into a new layer that Restore takes; the RNL and the alpha it suggests."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer)
+        self.image = self._layer_choice("raw image", "The acquisition as the camera recorded it.")
+        self.pixel = LineEdit(value="", label="XY pixel (um)", tooltip="At the object (-size); filled from the layer's scale where it has one.")
+        self.step = LineEdit(value="", label="Z step (um)", tooltip="Between planes (-spaced); filled from the layer's scale where it has one.")
+        self.offset = LineEdit(value="", label="camera offset", tooltip="Counts to subtract (-offset); empty: none.")
+        self.bg_ref = LineEdit(value="10 10 5", label="background box", tooltip="NX NY NZ: subtract the mean of the darkest box of this size (-bg_ref); empty: none.")
+        self.norm = ComboBox(choices=["first", "none"], value="first", label="bleaching", tooltip="first: scale each plane to the first one's total (-norm first).")
+        self.gain = LineEdit(value="", label="gain (e-/count)", tooltip="With the read noise: the RNL from the camera model; empty: measured on the data.")
+        self.read = LineEdit(value="", label="read noise (e-)", tooltip="Electrons RMS.")
+        self.run_button = PushButton(text="Prepare data")
+        self.run_button.changed.connect(self._guarded(self.start))
+        self.image.changed.connect(self._fill_voxel)
+        self._finish_layout(self.image, self.pixel, self.step, self.offset, self.bg_ref, self.norm, self.gain, self.read, buttons=[self.run_button])
+        self._fill_voxel()
+
+    def _fill_voxel(self, *_: Any) -> None:
+        if self.image.value is not None:
+            self.pixel.value, self.step.value = _voxel_fields(self.image.value)
+
+    def start(self) -> None:
+        (image,) = self._checked((self.image, "the raw image"))
+        z = _optional(self.step.value, "the Z step")
+        x = _optional(self.pixel.value, "the XY pixel")
+        box = self.bg_ref.value.split()
+        if box and (len(box) != 3 or not all(b.isdigit() and int(b) > 0 for b in box)):
+            raise eprjax.ParameterError(f"the background box must be three whole numbers NX NY NZ, got {self.bg_ref.value!r}")
+        settings = dict(
+            offset=_optional(self.offset.value, "the camera offset"), bg_ref=tuple(int(b) for b in box) if box else None, norm=self.norm.value,
+            gain=_optional(self.gain.value, "the gain"), read_noise=_optional(self.read.value, "the read noise"),
+        )
+        data = image.data
+
+        def work(report, stop):
+            return _work.prepare_data(data, **settings)
+
+        def done(prepared: _work.Prepared) -> None:
+            _adopt_voxel(image, z, x)
+            meta = {KEY: {"voxel_size_um": _voxel(image), "history": [*history_of(image.metadata), *prepared.lines], "rnl": prepared.rnl}}
+            self.layer = self._viewer.add_image(prepared.value, name=f"{image.name} prepared", scale=image.scale, translate=image.translate, metadata=meta)
+            self.status.value = prepared.summary
+
+        self._run(work, done, f"preparing {image.name!r}")
+
+
+def _adopt_voxel(layer: Image, z: float | None, x: float | None) -> None:
+    """The voxel size typed for ``layer`` becomes its scale, so that it lines up in the viewer
+    with the layers made from it (its pixels are not touched)."""
+    scale = np.array(layer.scale, float)
+    if z is not None:
+        scale[-3] = z
+    if x is not None:
+        scale[-2:] = x
+    if not np.allclose(scale, layer.scale):
+        layer.scale = scale
+
+
+def _optional(text: str, name: str) -> float | None:
+    return None if not text.strip() else _float(text, name)
+
+
+def _voxel_fields(layer: Image) -> tuple[str, str]:
+    """(XY pixel, Z step) as text for a layer, empty where unknown."""
+    z, _, x = _voxel(layer)
+    return ("" if x is None else f"{x:.6g}", "" if z is None else f"{z:.6g}")
 
 
 class _RestoreSettings(_Task):
@@ -278,8 +347,16 @@ class RestoreWidget(_RestoreSettings):
             self.image, self.psf, self.alpha, self.iterations, self.tol, self.padding, self.device, self.preview_size,
             buttons=[self.auto_button, self.preview_button, self.run_button],
         )
+        self.image.changed.connect(self._alpha_from_rnl)
+        self._alpha_from_rnl()
         self.result: _work.Restored | None = None  # the last restoration (or preview)
         self.tuning: eprjax.Tuning | None = None  # the last Auto
+
+    def _alpha_from_rnl(self, *_: Any) -> None:
+        """alpha = RNL^2 where the image came through Prepare data (prepdata's suggestion)."""
+        rnl = ((self.image.value.metadata.get(KEY) or {}).get("rnl") if self.image.value is not None else None) or float("nan")
+        if np.isfinite(rnl) and rnl > 0:
+            self.alpha.value = f"{rnl * rnl:.4g}"
 
     def _settings(self) -> dict[str, Any]:
         return dict(

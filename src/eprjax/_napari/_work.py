@@ -18,6 +18,7 @@ import numpy as np
 
 import eprjax
 from eprjax._fine import psf_on_object_grid
+from eprjax._prepdata import MEASURED, RNL_LINE
 from eprjax._tune import NoAlphaFound
 
 Voxel = tuple[float | None, float | None, float | None]
@@ -69,6 +70,38 @@ def psf_like_data(psf: Any, psf_voxel: Voxel, data: Any, data_voxel: Voxel) -> t
             eprjax.Image(data, voxel_size_um=data_voxel), eprjax.Image(h, voxel_size_um=psf_voxel), h, (1, 1, 1), "the PSF layer", "the image layer",
         )
     return h, notes
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """prepdata's result for a layer: the corrected image, what was done, and the RNL."""
+
+    value: np.ndarray
+    rnl: float
+    alpha: float
+    lines: tuple[str, ...]  # for the history: what was done, and the RNL line epr -sm rnl reads
+    summary: str
+
+
+def prepare_data(
+    data: Any, *, offset: float | None = None, bg_ref: tuple[int, int, int] | None = None, norm: str = "first",
+    gain: float | None = None, read_noise: float | None = None,
+) -> Prepared:
+    """`eprjax.prepare_data` (prepdata) on a layer's pixels, with the history it leaves."""
+    prepared = eprjax.prepare_data(np.asarray(data, np.float32), offset=offset, bg_ref=bg_ref, norm=norm, gain=gain, read_noise=read_noise)
+    camera = gain is not None and read_noise is not None
+    done = [f"offset {offset:g}" if offset is not None else "", f"-bg_ref {' '.join(map(str, bg_ref))}" if bg_ref else "", f"-norm {norm}"]
+    if camera:
+        done.append(f"-gain {gain:g} -read {read_noise:g}")
+    lines = ["* napari eprjax Prepare data: " + ", ".join(d for d in done if d)]
+    rnl, alpha = float(prepared.rnl), float(prepared.alpha)
+    summary = []
+    if bg_ref is not None:
+        summary.append(f"background {np.array2string(np.asarray(prepared.background), precision=4)} per voxel")
+    if math.isfinite(rnl):
+        lines.append(RNL_LINE.format(rnl=rnl, alpha=alpha, source="" if camera else f", {MEASURED}"))
+        summary.append(f"RNL {rnl:.4g}{'' if camera else ' (noise measured on the data)'}; suggested alpha = RNL^2 = {alpha:.4g}")
+    return Prepared(np.asarray(prepared.value), rnl, alpha, tuple(lines), "; ".join(summary) or "corrected")
 
 
 def preview_box(shape: Sequence[int], centre: Sequence[float] | None = None, size: int = PREVIEW_XY) -> tuple[slice, slice, slice]:
