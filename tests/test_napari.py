@@ -139,7 +139,11 @@ def test_prepare_psf_then_restore_through_the_widgets(viewer, qtbot, tmp_path):
     np.testing.assert_allclose(psf_layer.scale, expected.voxel_size_um)
     assert "FWHM" in prepare.report_text.value and "background" in prepare.report_text.value
     assert _layers.history_of(psf_layer.metadata)[-1].startswith("* napari eprjax Prepare PSF")
+    specimen.visible = bead.visible = False
+    psf_layer.gamma = 0.3  # the PSF's faint rings and tails too
+    viewer.dims.ndisplay = 3  # the PSF's maximum along Z: its rings and tails, drawn by OpenGL under Xvfb
     _screenshot(viewer, "napari-prepare-psf.png", tmp_path)
+    viewer.dims.ndisplay, specimen.visible, bead.visible = 2, True, True
 
     restore = _dock(viewer, _widgets.RestoreWidget, "Restore")
     restore.image.value, restore.psf.value = specimen, psf_layer
