@@ -22,7 +22,7 @@ from eprjax._fine import fine_voxel_size
 from eprjax._fft import describe as describe_fft
 from eprjax._operator import describe as describe_grid
 from eprjax._io import input_path
-from eprjax._restore import MESSAGES, NONFINITE, local_devices
+from eprjax._restore import MESSAGES, NONFINITE, describe_preconditioner, local_devices
 from eprjax._segments import MEMORY_MARGIN, device_memory, representative, segment_totals
 from eprjax._stream import (
     Source, Store, assemble, check_store_path, create_result, describe_share, fingerprint, prepare_store, recompose_share,
@@ -230,7 +230,10 @@ def _run(
             pad=pad_zyx, factor=factor, callback=progress, callback_interval=None if RUN.debug else 0.25,
             weights=None if weighing is None else weighing(volume),
         )
-    log.info("%s; FFTs: %s", describe_grid(solution.grid), describe_fft(solution.grid.object_shape, chosen.platform))
+    log.info(
+        "%s; FFTs: %s; preconditioner: %s", describe_grid(solution.grid), describe_fft(solution.grid.object_shape, chosen.platform),
+        describe_preconditioner(solution.grid, weighing is not None),
+    )
     log.info("%s", progress.finish(solution))
     if not bool(solution.converged):
         log.info("%s", solution.message)

@@ -194,3 +194,59 @@ def convolve(x, otf, shape: Sequence[int], *, conjugate: bool = False):
         cpu=lambda x, otf: _host(x, otf, shape, conjugate),
         default=lambda x, otf: _xla(x, otf, shape, conjugate),
     )
+
+
+# The solver's preconditioner on the padded grid (see _restore): M r = C^T (inv C r), with C
+# the orthonormal 3-D DCT-II of the data grid. C is orthogonal, so M is symmetric: its
+# transpose in r is itself. ``inv`` is a constant of the iteration, never differentiated.
+
+
+def _cosine_xla(x, inv):
+    import jax.scipy.fft as jsf  # noqa: PLC0415
+
+    return jsf.idctn(jsf.dctn(x, type=2, axes=_AXES, norm="ortho") * inv, type=2, axes=_AXES, norm="ortho")
+
+
+def _cosine_on_host(x: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    x, inv = np.asarray(x), np.asarray(inv)
+    threads = fft_threads()
+    with _LOCK:  # unnormalised DCT-II, then DCT-III divided by 2n per axis: the orthonormal pair's filter
+        spectrum = ducc0.fft.dct(x, type=2, axes=_AXES, inorm=0, nthreads=threads)
+        np.multiply(spectrum, inv, out=spectrum)
+        return ducc0.fft.dct(spectrum, type=3, axes=_AXES, inorm=2, nthreads=threads, out=spectrum)
+
+
+def _cosine_call(x, inv):
+    result = jax.ShapeDtypeStruct(jnp.broadcast_shapes(x.shape, inv.shape), x.dtype)
+    return jax.pure_callback(_cosine_on_host, result, x, inv, vmap_method="expand_dims")
+
+
+@jax.custom_vjp
+def _cosine_host(x, inv):
+    return _cosine_call(x, inv)
+
+
+def _cosine_host_fwd(x, inv):
+    return _cosine_call(x, inv), inv
+
+
+def _cosine_host_bwd(inv, cotangent):
+    return _cosine_call(cotangent, inv), jnp.zeros_like(inv)
+
+
+_cosine_host.defvjp(_cosine_host_fwd, _cosine_host_bwd)
+
+
+def cosine_filter(x, inv):
+    """``idct(dct(x) * inv)`` over the last three axes (orthonormal DCT-II and its inverse):
+    the symmetric filter that is diagonal in the cosine basis (reflecting boundaries). On
+    ducc0 where the host FFT is chosen for the grid (`uses_host_fft`), XLA's elsewhere; ``inv``
+    is treated as a constant (no gradient)."""
+    inv = jax.lax.stop_gradient(inv)
+    if not uses_host_fft(x.shape[-3:]) or x.dtype != jnp.float32:
+        return _cosine_xla(x, inv.astype(x.dtype))
+    return jax.lax.platform_dependent(
+        x, inv.astype(x.dtype),
+        cpu=lambda x, inv: _cosine_host(x, inv),
+        default=lambda x, inv: _cosine_xla(x, inv),
+    )

@@ -1,0 +1,113 @@
+"""The solver's preconditioner: the cosine filter against SciPy's DCT, the same minimiser with
+and without it (to what the tolerance implies), fewer iterations on a dense object, switched
+off on a sparse one, and the environment variable's errors."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.ndimage
+
+import eprjax
+from eprjax import _fft
+from eprjax._operator import make_grid
+from eprjax._restore import PRECONDITION_ACTIVE, _solve_advance, _solve_start, describe_preconditioner, precondition_mode
+
+from .test_restore import gaussian_psf
+
+
+@pytest.fixture
+def mode(monkeypatch):
+    """Set EPRJAX_PRECONDITION (traced restorations forgotten before and after)."""
+
+    def use(value: str) -> None:
+        monkeypatch.setenv("EPRJAX_PRECONDITION", value)
+        _fft.forget_traces()
+
+    yield use
+    monkeypatch.delenv("EPRJAX_PRECONDITION", raising=False)
+    _fft.forget_traces()
+
+
+@pytest.mark.parametrize("where", ["xla", "host"])
+def test_the_cosine_filter_is_scipys_dct_filter_and_its_own_transpose(monkeypatch, where):
+    monkeypatch.setenv("EPRJAX_FFT", where)
+    rng = np.random.default_rng(0)
+    x, inv = rng.random((5, 7, 9)), rng.random((5, 7, 9))
+    want = scipy.fft.idctn(scipy.fft.dctn(x, type=2, norm="ortho") * inv, type=2, norm="ortho")
+    apply = jax.jit(_fft.cosine_filter)
+    got = np.asarray(apply(jnp.asarray(x, jnp.float32), jnp.asarray(inv, jnp.float32)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    batch = rng.random((3, 5, 7, 9)).astype(np.float32)
+    batched = np.asarray(jax.vmap(apply, in_axes=(0, None))(batch, inv.astype(np.float32)))
+    np.testing.assert_allclose(batched[2], np.asarray(apply(batch[2], inv.astype(np.float32))), rtol=0, atol=1e-6)
+    # symmetric: <M a, b> = <a, M b>, and the VJP is M itself
+    a, b = rng.random((2, 5, 7, 9)).astype(np.float32)
+    ma, mb = (np.asarray(apply(y, inv.astype(np.float32)), np.float64) for y in (a, b))
+    assert np.vdot(ma, b) == pytest.approx(np.vdot(a, mb), rel=1e-5)
+    _, pullback = jax.vjp(lambda y: _fft.cosine_filter(y, jnp.asarray(inv, jnp.float32)), jnp.asarray(a))
+    np.testing.assert_allclose(np.asarray(pullback(jnp.asarray(b))[0]), mb, rtol=0, atol=1e-5)
+    _fft.forget_traces()
+
+
+def _dense(shape, seed=0):
+    """A dense positive texture blurred, with 1 % noise."""
+    rng = np.random.default_rng(seed)
+    t = scipy.ndimage.gaussian_filter(rng.normal(size=shape), (1, 2, 2))
+    truth = np.maximum(t - 0.2 * t.std(), 0)
+    psf = gaussian_psf((15, 15, 15), (2.5, 1.5, 1.5))
+    g = scipy.ndimage.convolve(truth, psf, mode="wrap")
+    return (g + 0.01 * g.max() * rng.normal(size=shape)).astype(np.float32), psf
+
+
+@pytest.mark.parametrize("pad", [0, None], ids=["periodic", "padded"])
+def test_the_same_minimiser_in_fewer_iterations_on_a_dense_object(mode, pad):
+    g, psf = _dense((16, 48, 48))
+    mode("none")
+    plain = eprjax.restore(g, psf, alpha=1e-3, tol=1e-6, max_iterations=5000, pad=pad)
+    loose_plain = eprjax.restore(g, psf, alpha=1e-3, tol=1e-3, max_iterations=5000, pad=pad)
+    mode("auto")
+    pre = eprjax.restore(g, psf, alpha=1e-3, tol=1e-6, max_iterations=5000, pad=pad)
+    loose = eprjax.restore(g, psf, alpha=1e-3, tol=1e-3, max_iterations=5000, pad=pad)
+    assert bool(plain.converged) and bool(pre.converged)
+    # both within 1e-6 of stationarity: the same minimiser to far below the tolerance that counts
+    rel = np.linalg.norm(np.asarray(pre.value) - np.asarray(plain.value)) / np.linalg.norm(np.asarray(plain.value))
+    assert rel < 1e-4, rel
+    assert int(loose.iterations) <= 0.6 * int(loose_plain.iterations), (int(loose.iterations), int(loose_plain.iterations))
+    assert int(pre.iterations) <= 0.6 * int(plain.iterations), (int(pre.iterations), int(plain.iterations))
+
+
+def test_a_sparse_object_turns_the_preconditioner_off(mode):
+    rng = np.random.default_rng(1)
+    f = np.zeros((16, 48, 48))
+    f[tuple(rng.integers(0, n, 12) for n in f.shape)] = 100.0
+    psf = gaussian_psf((15, 15, 15), (2.5, 1.5, 1.5))
+    g = scipy.ndimage.convolve(f, psf, mode="wrap").astype(np.float32)
+    grid = make_grid(g.shape, (0, 0, 0))
+    mode("auto")
+    state, otf, lam = _solve_start(jnp.asarray(g), jnp.asarray(psf), jnp.float32(1e-3), grid=grid, history_length=0)
+    assert bool(state.on)
+    state, _ = _solve_advance(state, jnp.asarray(g), otf, lam, jnp.float32(1e-9), jnp.asarray(30), grid=grid, track=False)
+    assert float(state.active) < PRECONDITION_ACTIVE and not bool(state.on)
+    dense, _ = _dense((16, 48, 48))
+    state, otf, lam = _solve_start(jnp.asarray(dense), jnp.asarray(psf), jnp.float32(1e-3), grid=grid, history_length=0)
+    state, _ = _solve_advance(state, jnp.asarray(dense), otf, lam, jnp.float32(1e-9), jnp.asarray(10), grid=grid, track=False)
+    assert bool(state.on) and float(state.active) > PRECONDITION_ACTIVE
+
+
+def test_the_setting_is_checked_and_described(mode):
+    mode("sometimes")
+    with pytest.raises(eprjax.ParameterError, match="EPRJAX_PRECONDITION must be one of auto, none"):
+        precondition_mode()
+    mode("none")
+    assert describe_preconditioner(make_grid((4, 8, 8), (2, 2, 2))) == "none (EPRJAX_PRECONDITION=none)"
+    mode("auto")
+    assert describe_preconditioner(make_grid((4, 8, 8), (2, 2, 2))).startswith("cosine basis")
+    assert describe_preconditioner(make_grid((4, 8, 8), (0, 0, 0))).startswith("Fourier basis")
+    assert describe_preconditioner(make_grid((4, 8, 8), (0, 0, 0)), weighted=True) == "none (weighted data)"
+    assert os.environ["EPRJAX_PRECONDITION"] == "auto"
