@@ -128,7 +128,11 @@ def test_a_lazy_volume_that_fits_is_restored_whole(problem) -> None:
     restoration as the volume's in memory."""
     g, psf, _ = problem
     whole = np.asarray(eprjax.restore(g, psf, **SETTINGS).value)
-    _close(eprjax.restore(Spy(g), psf, **SETTINGS).value, whole)
+    lazy = np.asarray(eprjax.restore(Spy(g), psf, **SETTINGS).value)
+    # one volume through the segment machinery (batched) and through the plain solve: round-off
+    # differs, so the preconditioner's switch (at an active share) may fall an iteration apart
+    # and the two stop at tol along different paths: equal to what tol allows, not to round-off
+    assert np.linalg.norm(lazy - whole) / np.linalg.norm(whole) < 10 * SETTINGS["tol"]
 
 
 def test_what_a_lazy_input_cannot_do(problem) -> None:

@@ -109,5 +109,6 @@ def test_the_setting_is_checked_and_described(mode):
     mode("auto")
     assert describe_preconditioner(make_grid((4, 8, 8), (2, 2, 2))).startswith("cosine basis")
     assert describe_preconditioner(make_grid((4, 8, 8), (0, 0, 0))).startswith("Fourier basis")
-    assert describe_preconditioner(make_grid((4, 8, 8), (0, 0, 0)), weighted=True) == "none (weighted data)"
+    assert "(the data weighted)" in describe_preconditioner(make_grid((4, 8, 8), (0, 0, 0)), weighted=True)
+    assert describe_preconditioner(make_grid((4, 8, 8), (0, 0, 0), (1, 2, 2))) == "none (a finer grid)"
     assert os.environ["EPRJAX_PRECONDITION"] == "auto"
