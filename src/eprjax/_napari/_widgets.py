@@ -66,6 +66,20 @@ class _Task(Container):
     def _layer_choice(self, label: str, tooltip: str) -> ComboBox:
         return ComboBox(choices=self._image_layers, label=label, tooltip=tooltip)
 
+    def _voxel_inputs(self, source: ComboBox) -> tuple[LineEdit, LineEdit]:
+        """The XY pixel and Z step fields, filled from the layer chosen in ``source`` (its
+        scale, where the file stated the voxel size) now and whenever the choice changes."""
+        pixel = LineEdit(value="", label="XY pixel (um)", tooltip="At the object (-size); filled from the layer's scale where it has one.")
+        step = LineEdit(value="", label="Z step (um)", tooltip="Between planes (-spaced); filled from the layer's scale where it has one.")
+
+        def fill(*_: Any) -> None:
+            if source.value is not None:
+                pixel.value, step.value = _voxel_fields(source.value)
+
+        source.changed.connect(fill)
+        fill()
+        return pixel, step
+
     def _finish_layout(self, *widgets: Any, buttons: list[PushButton]) -> None:
         self._buttons = buttons
         self.extend([*widgets, Container(widgets=[*buttons, self.cancel], layout="horizontal", labels=False), self.progress, self.status])
@@ -149,8 +163,7 @@ class PreparePSFWidget(_Task):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.bead = self._layer_choice("bead image", "Images of sub-resolution beads, as the camera recorded them.")
-        self.pixel = LineEdit(value="", label="XY pixel (um)", tooltip="At the object (-size); filled from the layer's scale where it has one.")
-        self.step = LineEdit(value="", label="Z step (um)", tooltip="Between planes (-spaced); filled from the layer's scale where it has one.")
+        self.pixel, self.step = self._voxel_inputs(self.bead)
         self.na = FloatSpinBox(value=1.4, min=0.05, max=1.7, step=0.01, label="NA", tooltip="The (detection) objective's numerical aperture.")
         self.n = FloatSpinBox(value=1.515, min=1.0, max=2.5, step=0.001, label="immersion n", tooltip="The immersion medium's refractive index.")
         self.wavelength = FloatSpinBox(value=0.52, min=0.2, max=2.0, step=0.01, label="emission (um)")
@@ -165,18 +178,11 @@ class PreparePSFWidget(_Task):
         self.report_text.read_only = True
         self.run_button = PushButton(text="Prepare PSF")
         self.run_button.changed.connect(self._guarded(self.start))
-        self.bead.changed.connect(self._fill_voxel)
         self._finish_layout(
             self.bead, self.pixel, self.step, self.na, self.n, self.wavelength, self.modality, self.excitation, self.sheet_na, self.mask,
             self.norm, self.beads, self.distill, buttons=[self.run_button],
         )
         self.append(self.report_text)
-        self._fill_voxel()
-
-    def _fill_voxel(self, *_: Any) -> None:
-        """The pixel size and Z step from the chosen bead layer's scale, where it has one."""
-        if self.bead.value is not None:
-            self.pixel.value, self.step.value = _voxel_fields(self.bead.value)
 
     def start(self) -> None:
         (bead,) = self._checked((self.bead, "the bead image"))
@@ -231,8 +237,7 @@ class PrepareDataWidget(_Task):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.image = self._layer_choice("raw image", "The acquisition as the camera recorded it.")
-        self.pixel = LineEdit(value="", label="XY pixel (um)", tooltip="At the object (-size); filled from the layer's scale where it has one.")
-        self.step = LineEdit(value="", label="Z step (um)", tooltip="Between planes (-spaced); filled from the layer's scale where it has one.")
+        self.pixel, self.step = self._voxel_inputs(self.image)
         self.offset = LineEdit(value="", label="camera offset", tooltip="Counts to subtract (-offset); empty: none.")
         self.bg_ref = LineEdit(value="10 10 5", label="background box", tooltip="NX NY NZ: subtract the mean of the darkest box of this size (-bg_ref); empty: none.")
         self.norm = ComboBox(choices=["first", "none"], value="first", label="bleaching", tooltip="first: scale each plane to the first one's total (-norm first).")
@@ -240,13 +245,7 @@ class PrepareDataWidget(_Task):
         self.read = LineEdit(value="", label="read noise (e-)", tooltip="Electrons RMS.")
         self.run_button = PushButton(text="Prepare data")
         self.run_button.changed.connect(self._guarded(self.start))
-        self.image.changed.connect(self._fill_voxel)
         self._finish_layout(self.image, self.pixel, self.step, self.offset, self.bg_ref, self.norm, self.gain, self.read, buttons=[self.run_button])
-        self._fill_voxel()
-
-    def _fill_voxel(self, *_: Any) -> None:
-        if self.image.value is not None:
-            self.pixel.value, self.step.value = _voxel_fields(self.image.value)
 
     def start(self) -> None:
         (image,) = self._checked((self.image, "the raw image"))
