@@ -329,11 +329,15 @@ def _step(s: _State, g, otf, lam, *, grid: Grid, track: bool, fixed: bool = Fals
     w = adjoint(otf, z, grid)
     d = -z + beta * d
     v = -w + beta * v
-    fv, vv, active = _slope_terms(u, v, count=True)
+    if s.pre is None:
+        fv, vv = _slope_terms(u, v)
+        active = s.active
+    else:  # the active share, for the next iteration's choice, in the same pass
+        fv, vv, active = _slope_terms(u, v, count=True)
     hist = s.hist
     if track:
-        objective, active = _statistics(eqx.tree_at(lambda x: (x.c, x.u), s, (c, u)), g, lam)
-        values = (objective, jnp.sqrt(gg) / s.scale, t, active)
+        objective, share = _statistics(eqx.tree_at(lambda x: (x.c, x.u), s, (c, u)), g, lam)
+        values = (objective, jnp.sqrt(gg) / s.scale, t, share)
         hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, values, strict=True))
     return _State(
         k=k + 1, c=c, u=u, grad=z, d=d, v=v, gg=gg, gz=gz, gd=-gz + beta * nd,
@@ -405,7 +409,7 @@ def _warm_start(g, otf, lam, c, *, grid: Grid, pre: _Preconditioner | None = Non
     scale = jnp.maximum(jnp.sqrt(jnp.sum(g * g)), jnp.finfo(dtype).tiny)
     u = adjoint(otf, c, grid)
     grad = forward(otf, jnp.maximum(u, 0), grid) + lam * c - g
-    fv, vv, active = _slope_terms(u, u, count=True)  # the active share only
+    active = jnp.mean((u > 0).astype(dtype))
     on = jnp.asarray(pre is not None) & (active >= PRECONDITION_ACTIVE)
     z = grad if pre is None else jax.lax.cond(on, lambda: pre(grad, grid), lambda: grad)
     gg, gz, zz = _sums(grad * grad, grad * z, z * z)
