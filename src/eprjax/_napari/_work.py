@@ -141,21 +141,29 @@ class Restored:
         )
 
 
+def _devices() -> list[jax.Device]:
+    """The devices a restoration may run on: the default backend's, then the CPU's if that
+    is another."""
+    return jax.devices() + ([] if jax.default_backend() == "cpu" else jax.devices("cpu"))
+
+
 def _device(name: str | None) -> jax.Device | None:
     if name in (None, "", "default"):
         return None
-    for d in jax.devices() + ([] if jax.default_backend() == "cpu" else jax.devices("cpu")):
+    for d in _devices():
         if str(d) == name:
             return d
-    raise eprjax.ParameterError(f"no device {name!r}; JAX sees {', '.join(str(d) for d in jax.devices())}")
+    raise eprjax.ParameterError(f"no device {name!r}; JAX sees {', '.join(device_names())}")
 
 
 def device_names() -> list[str]:
     """The devices a restoration may run on, the default first."""
-    names = [str(d) for d in jax.devices()]
-    if jax.default_backend() != "cpu":
-        names += [str(d) for d in jax.devices("cpu")]
-    return names
+    return [str(d) for d in _devices()]
+
+
+def _volume(data: Any, region: tuple[slice, ...] | None) -> np.ndarray:
+    """``data`` (or its ``region``, over the last three axes) as float32."""
+    return np.asarray(data if region is None else data[(Ellipsis, *region)], np.float32)
 
 
 def _stopping(report: Report | None, stop: Stop | None, total: int) -> Callable[..., None]:
@@ -189,7 +197,7 @@ def restore(
         raise eprjax.ParameterError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
     if not (math.isfinite(alpha) and alpha >= 0):
         raise eprjax.ParameterError(f"alpha must be a finite number >= 0, got {alpha}")
-    g = np.asarray(data if region is None else data[(Ellipsis, *region)], np.float32)
+    g = _volume(data, region)
     if g.ndim not in (3, 4):
         raise eprjax.ParameterError(f"the image must be 3-D (Z, Y, X) or 4-D (T, Z, Y, X), got shape {g.shape}")
     began = time.perf_counter()
@@ -227,7 +235,7 @@ def tune(
     measured on the data; each trial reported, Cancel honoured between chunks of a trial."""
     if criterion not in CRITERIA:
         raise eprjax.ParameterError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    g = np.asarray(data if region is None else data[(Ellipsis, *region)], np.float32)
+    g = _volume(data, region)
     if g.ndim != 3:
         raise eprjax.ParameterError(f"alpha is tuned on one 3-D volume (Z, Y, X), got shape {g.shape}")
     trials = [0]
