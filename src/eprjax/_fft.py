@@ -207,11 +207,15 @@ def _cosine_xla(x, inv):
     return jsf.idctn(jsf.dctn(x, type=2, axes=_AXES, norm="ortho") * inv, type=2, axes=_AXES, norm="ortho")
 
 
+_COSINE = threading.local()  # the cosine filter's result buffer, per thread (see _RESULTS)
+
+
 def _cosine_on_host(x: np.ndarray, inv: np.ndarray) -> np.ndarray:
     x, inv = np.asarray(x), np.asarray(inv)
     threads = fft_threads()
     with _LOCK:  # unnormalised DCT-II, then DCT-III divided by 2n per axis: the orthonormal pair's filter
-        spectrum = ducc0.fft.dct(x, type=2, axes=_AXES, inorm=0, nthreads=threads)
+        spectrum = _buffer(_COSINE.__dict__, np.broadcast_shapes(x.shape, inv.shape), x.dtype)  # kept, as the convolution's
+        ducc0.fft.dct(x, type=2, axes=_AXES, inorm=0, nthreads=threads, out=spectrum)
         np.multiply(spectrum, inv, out=spectrum)
         return ducc0.fft.dct(spectrum, type=3, axes=_AXES, inorm=2, nthreads=threads, out=spectrum)
 
