@@ -55,6 +55,19 @@ def test_the_cosine_filter_is_scipys_dct_filter_and_its_own_transpose(monkeypatc
     _fft.forget_traces()
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 2, 3), (2, 2, 2), (4, 4, 1), (6, 8, 10), (7, 9, 11), (3, 10, 5)])
+def test_xlas_cosine_filter_by_one_fft_is_exact_in_double_precision(shape):
+    """The single-FFT (Makhoul) cosine filter against SciPy's separable DCTs, to double
+    precision's round-off, for odd, even and length-1 and -2 axes (where the reflections meet)."""
+    rng = np.random.default_rng(1)
+    x, inv = rng.standard_normal(shape), rng.uniform(0.5, 2, shape)
+    want = scipy.fft.idctn(scipy.fft.dctn(x, type=2, norm="ortho") * inv, type=2, norm="ortho")
+    with jax.enable_x64(True):
+        got = np.asarray(jax.jit(_fft._cosine_xla)(jnp.asarray(x), jnp.asarray(inv)))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * np.abs(want).max())
+
+
 def _dense(shape, seed=0):
     """A dense positive texture blurred, with 1 % noise."""
     rng = np.random.default_rng(seed)

@@ -201,10 +201,60 @@ def convolve(x, otf, shape: Sequence[int], *, conjugate: bool = False):
 # transpose in r is itself. ``inv`` is a constant of the iteration, never differentiated.
 
 
-def _cosine_xla(x, inv):
-    import jax.scipy.fft as jsf  # noqa: PLC0415
+# On XLA the filter runs through one real 3-D FFT pair of the data reordered as Makhoul's DCT
+# (IEEE Trans. ASSP 28, 1980) orders it along each axis (even samples up, odd ones down); its
+# spectrum V and the twiddles W_j(k) = exp(-i pi k / (2 n_j)) give the (half-scaled, DCT-II)
+# cosine coefficients
+#
+#     X(k) = 1/4 Re[ W1 sum_{s2, s3 = +-1} W2^s2 W3^s3 V(k1, s2 k2, s3 k3) ]   (W^-1: conj(W)),
+#
+# and back, with R_j the reflection k_j -> n_j - k_j (0 where it leaves the grid),
+#
+#     V(k) = conj(W1 W2 W3) prod_j (1 - i R_j) X(k).
+#
+# On the real FFT's half spectrum (k3 <= n3 / 2) both need V, and give X, only at
+# (+-k1, +-k2, k3) and at n3 - k3 besides k3: every step is elementwise over four reflected
+# copies of the half spectrum. Measured (docs/performance.md) 3-5x faster than
+# jax.scipy.fft's separable DCTs, which run a complex FFT per axis.
 
-    return jsf.idctn(jsf.dctn(x, type=2, axes=_AXES, norm="ortho") * inv, type=2, axes=_AXES, norm="ortho")
+
+def _twiddle(n: int, axis: int, dtype, count: int | None = None) -> np.ndarray:
+    k = np.arange(n if count is None else count)
+    shape = [1, 1, 1]
+    shape[axis] = k.size
+    return np.exp(-1j * np.pi * k / (2 * n)).astype(dtype).reshape(shape)
+
+
+def _makhoul(n: int) -> np.ndarray:
+    return np.concatenate([np.arange(0, n, 2), np.arange(1, n, 2)[::-1]])
+
+
+def _cosine_xla(x, inv):
+    n1, n2, n3 = x.shape[-3:]
+    h3 = n3 // 2 + 1
+    complex_dtype = np.result_type(np.dtype(x.dtype), np.complex64)
+    for axis, n in zip(_AXES, (n1, n2, n3), strict=True):
+        x = jnp.take(x, _makhoul(n), axis=axis)
+    spectrum = jnp.fft.rfftn(x, axes=_AXES)
+    back1, back2 = (-np.arange(n1)) % n1, (-np.arange(n2)) % n2  # -k, modulo n
+    flip2 = jnp.take(spectrum, back2, axis=-2)  # V(k1, -k2, k3)
+    flip1 = jnp.take(spectrum, back1, axis=-3)  # conj: V(k1, k2, -k3)
+    flip12 = jnp.take(flip2, back1, axis=-3)  # conj: V(k1, -k2, -k3)
+    w1, w2, w3 = _twiddle(n1, 0, complex_dtype), _twiddle(n2, 1, complex_dtype), _twiddle(n3, 2, complex_dtype, h3)
+    p = w2 * w3 * spectrum + np.conj(w2) * w3 * flip2
+    q = w2 * np.conj(w3) * jnp.conj(flip12) + np.conj(w2 * w3) * jnp.conj(flip1)
+    low = 0.25 * jnp.real(w1 * (p + q))  # X(k1, k2, k3)
+    high = -0.25 * jnp.imag(w1 * (p - q))  # X(k1, k2, n3 - k3)
+    inv_high = jnp.concatenate([jnp.zeros_like(inv[..., :1]), inv[..., ::-1][..., : h3 - 1]], axis=-1)
+    t = jax.lax.complex(inv[..., :h3] * low, -(inv_high * high))  # (1 - i R3) Y, Y = inv X
+    keep1 = (np.arange(n1) > 0).reshape(-1, 1, 1)
+    keep2 = (np.arange(n2) > 0).reshape(-1, 1)
+    t1 = jnp.take(t, back1, axis=-3)
+    t = t - 1j * (keep1 * t1) - 1j * (keep2 * jnp.take(t, back2, axis=-2)) - (keep1 * keep2) * jnp.take(t1, back2, axis=-2)
+    x = jnp.fft.irfftn(np.conj(w1 * w2 * w3) * t, s=(n1, n2, n3), axes=_AXES)
+    for axis, n in zip(_AXES, (n1, n2, n3), strict=True):
+        x = jnp.take(x, np.argsort(_makhoul(n)), axis=axis)
+    return x
 
 
 _COSINE = threading.local()  # the cosine filter's result buffer, per thread (see _RESULTS)
