@@ -7,11 +7,16 @@ loaded, data and PSF made) is taken, so compilation and XLA's buffers count, as 
 run. The fixed part and the bytes per object voxel are fitted over the cases (least squares).
 
     python benchmarks/memory_per_voxel.py [--shapes 16x64x64 32x256x256 ...] [--batch 1 2] [--weighted] [--cached]
+                                          [--malloc keep system]
+
+``--malloc``: the C library's allocator as the commands set it (keep: `eprjax_launch.keep_freed_memory`,
+the default) or as glibc leaves it (system: a program that imports eprjax); each given is measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -21,6 +26,10 @@ import numpy as np
 
 CHILD = r"""
 import json, sys
+shape, batch, weighted, cache, malloc = json.loads(sys.argv[1])
+if malloc == "keep":
+    import eprjax_launch
+    assert eprjax_launch.keep_freed_memory()
 import jax, numpy as np
 import eprjax
 from eprjax._simulate import SEED_OPTICS
@@ -35,7 +44,6 @@ def status(key):
                 return int(line.split()[1]) * 1024
     return 0
 
-shape, batch, weighted, cache = json.loads(sys.argv[1])
 if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -56,11 +64,11 @@ print(json.dumps({"device": device.device_kind, "object": list(grid.object_shape
 """
 
 
-def measure(shape: tuple[int, ...], batch: int, weighted: bool, cache: str | None) -> dict:
+def measure(shape: tuple[int, ...], batch: int, weighted: bool, cache: str | None, malloc: str) -> dict:
     """One case in a fresh process; with a ``cache`` folder, run once before to fill it (what
     a second `epr` on the same shape finds), so that compiling is not counted."""
     for _ in range(2 if cache else 1):
-        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([shape, batch, weighted, cache])],
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([shape, batch, weighted, cache, malloc])],
                              capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -71,22 +79,22 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1])
     parser.add_argument("--weighted", action="store_true", help="also with a weighted data term")
     parser.add_argument("--cached", action="store_true", help="with the compiled code in a persistent cache (compiling not counted)")
+    parser.add_argument("--malloc", nargs="+", choices=["keep", "system"], default=["keep"])
     args = parser.parse_args()
     from eprjax._segments import segment_bytes
 
     rows = []
     cache = tempfile.mkdtemp(prefix="eprjax-cache-") if args.cached else None
-    print("| data | batch | weighted | object grid | object voxels | added MiB | bytes per object voxel | model MiB |\n|---|---|---|---|---|---|---|---|")
-    for weighted in ([False, True] if args.weighted else [False]):
-        for batch in args.batch:
-            for text in args.shapes:
-                shape = tuple(int(n) for n in text.split("x"))
-                r = measure(shape, batch, weighted, cache)
-                n = batch * int(np.prod(r["object"]))
-                model = segment_bytes(int(np.prod(r["object"])), batch)
-                rows.append((n, r["added"]))
-                print(f"| {text} | {batch} | {'yes' if weighted else 'no'} | {'x'.join(map(str, r['object']))} | {n} | "
-                      f"{r['added'] / 2**20:.0f} | {r['added'] / n:.1f} | {model / 2**20:.0f} |", flush=True)
+    print("| data | batch | weighted | malloc | object grid | object voxels | added MiB | bytes per object voxel | model MiB |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for weighted, batch, text, malloc in itertools.product([False, True] if args.weighted else [False], args.batch, args.shapes, args.malloc):
+        shape = tuple(int(n) for n in text.split("x"))
+        r = measure(shape, batch, weighted, cache, malloc)
+        n = batch * int(np.prod(r["object"]))
+        model = segment_bytes(int(np.prod(r["object"])), batch)
+        rows.append((n, r["added"]))
+        print(f"| {text} | {batch} | {'yes' if weighted else 'no'} | {malloc} | {'x'.join(map(str, r['object']))} | {n} | "
+              f"{r['added'] / 2**20:.0f} | {r['added'] / n:.1f} | {model / 2**20:.0f} |", flush=True)
     n, added = (np.array(v, float) for v in zip(*rows, strict=True))
     fixed, per = np.linalg.lstsq(np.stack([np.ones_like(n), n], 1), added, rcond=None)[0]
     print(f"\ndevice {r['device']}, compiled code {'cached' if cache else 'compiled in the run'}; fit: {fixed / 2**20:.0f} MiB + {per:.1f} bytes per object voxel "
