@@ -82,7 +82,11 @@ def test_weighted_agrees_with_fista(pad) -> None:
     assert relative(sol.value, want) < 1e-3
     assert relative(sol.value, fista(model, g, 1e-2)) > 1e-2  # the weights matter here
     both = eprjax.restore(np.stack([g, g]), psf, alpha=1e-2, tol=1e-5, max_iterations=5000, pad=pad, weights=w)
-    assert relative(both.value[1], sol.value) < 1e-5
+    # a batch is another compiled program, which may round a product differently (XLA fuses
+    # multiply-adds by shape; measured 1 ulp in the cosine filter's twiddles), and two
+    # restorations stopped at a relative gradient of 1e-5 along paths that differ by round-off
+    # agree to about that (1.5e-5 measured), not to float32's precision
+    assert relative(both.value[1], sol.value) < 1e-4
     reported = eprjax.restore(g, psf, alpha=1e-2, tol=1e-5, max_iterations=5000, pad=pad, weights=w, callback=lambda *a: None)
     assert relative(reported.value, sol.value) < 1e-5
     uniform = eprjax.restore(g, psf, alpha=1e-2, tol=1e-5, max_iterations=5000, pad=pad, weights=np.ones_like(g))

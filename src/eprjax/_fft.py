@@ -247,10 +247,13 @@ def _cosine_xla(x, inv):
     high = -0.25 * jnp.imag(w1 * (p - q))  # X(k1, k2, n3 - k3)
     inv_high = jnp.concatenate([jnp.zeros_like(inv[..., :1]), inv[..., ::-1][..., : h3 - 1]], axis=-1)
     t = jax.lax.complex(inv[..., :h3] * low, -(inv_high * high))  # (1 - i R3) Y, Y = inv X
-    keep1 = (np.arange(n1) > 0).reshape(-1, 1, 1)
-    keep2 = (np.arange(n2) > 0).reshape(-1, 1)
-    t1 = jnp.take(t, back1, axis=-3)
-    t = t - 1j * (keep1 * t1) - 1j * (keep2 * jnp.take(t, back2, axis=-2)) - (keep1 * keep2) * jnp.take(t1, back2, axis=-2)
+    # (1 - i R1)(1 - i R2) of that, R_j: the value at -k_j (0 at k_j = 0), by additions alone
+    # (so that a batch and its members round alike: XLA fused a complex product by -i into
+    # multiply-adds differently with and without a batch axis)
+    r1 = jnp.where((np.arange(n1) > 0).reshape(-1, 1, 1), jnp.take(t, back1, axis=-3), 0)
+    r2 = jnp.where((np.arange(n2) > 0).reshape(-1, 1), jnp.take(t, back2, axis=-2), 0)
+    r12 = jnp.where((np.arange(n2) > 0).reshape(-1, 1), jnp.take(r1, back2, axis=-2), 0)
+    t = jax.lax.complex(t.real + r1.imag + r2.imag - r12.real, t.imag - r1.real - r2.real - r12.imag)
     x = jnp.fft.irfftn(np.conj(w1 * w2 * w3) * t, s=(n1, n2, n3), axes=_AXES)
     for axis, n in zip(_AXES, (n1, n2, n3), strict=True):
         x = jnp.take(x, np.argsort(_makhoul(n)), axis=axis)

@@ -35,13 +35,21 @@ from ._operator import Grid, default_pad, factor3, make_grid, psf_half_support, 
 # the planner counts 110 B on the CPU. Counting more does not help where two such runs share
 # two cores: 102-112 MiB at 110 B, and 108-134 at 130 B with its smaller, more numerous
 # segments (docs/big-data.md).
+# Remeasured with the preconditioner (2026-12-06, batches 1 and 2, weighted or not, the
+# allocator as the commands set it and as glibc leaves it, compiled code cached): XLA's FFT
+# (16x64x64 to 32x128x128 segments) 74-161 B per voxel, 55-62 MiB for the smallest (0.4M
+# voxels), which took the fixed part from 16 to 24 MiB; the 110 B stays.
 BYTES_PER_OBJECT_VOXEL = {"cpu": 110, "gpu": 60}
-FIXED_BYTES = {"cpu": 16 * 2**20, "gpu": 0}
-# With the host FFT (`_fft`, large grids on CPUs) a restoration peaked 31-41 bytes per object
-# voxel higher than with XLA's (64x256x256, periodic and padded, 2 threads). The FFT's kept
-# buffers come to about 8 by their sizes (spectrum and result), the callback's copies of its
-# operand and result to about 8 more; the rest is not explained yet.
-HOST_FFT_BYTES_PER_OBJECT_VOXEL = 40
+FIXED_BYTES = {"cpu": 24 * 2**20, "gpu": 0}
+# With the host FFT (`_fft`, large grids on CPUs) a restoration peaks higher than with XLA's,
+# mostly by a fixed part: a program that calls back into Python is compiled on every run (the
+# compilation cache cannot keep it), with the memory compiling takes, and ducc0 keeps its
+# plans and buffers (a spectrum and results, about 8 B per voxel by their sizes). Measured
+# (the same runs, 32x256x256 to 64x512x512 segments, 4.8-50 million voxels): 600-1059 MiB for
+# 4.8-7.9 million voxels, 89-118 B per voxel at 25-50 million; 200 MiB + 10 B per voxel more
+# than XLA's lies over every case (the closest: 749 MiB for a predicted 769).
+HOST_FFT_FIXED_BYTES = 200 * 2**20
+HOST_FFT_BYTES_PER_OBJECT_VOXEL = 10
 # Besides the restoration, a segmented run holds each segment of the chunk in host memory on
 # its way in and out: the data read (float32, data grid) and the result as the store saves it
 # (the result and zarr's encoded copy of its chunk, float32, restoration grid). Measured with
@@ -59,10 +67,11 @@ def segment_bytes(object_voxels: int, batch: int = 1, data_voxels: int = 0, fine
     kind = "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
     fine = data_voxels if fine_voxels is None else fine_voxels
     host = 4 * (HOST_COPIES_IN * data_voxels + HOST_COPIES_OUT * fine)
-    per_voxel = BYTES_PER_OBJECT_VOXEL[kind]
+    per_voxel, fixed = BYTES_PER_OBJECT_VOXEL[kind], FIXED_BYTES[kind]
     if kind == "cpu" and object_voxels and uses_host_fft((object_voxels,)):  # only the count matters
         per_voxel += HOST_FFT_BYTES_PER_OBJECT_VOXEL
-    return FIXED_BYTES[kind] + batch * (object_voxels * per_voxel + host)
+        fixed += HOST_FFT_FIXED_BYTES
+    return fixed + batch * (object_voxels * per_voxel + host)
 
 
 def _grid_bytes(grid: Grid, batch: int = 1) -> int:

@@ -596,7 +596,10 @@ def restore_into_store(
     pairs = [(t, i) for t in range(source.count) for i in range(plan.count)]
     start = len(pairs) * share[0] // max(share[1], 1)
     todo = [p for p in pairs[start:] + pairs[:start] if not store.recorded(*p)]
-    chunk = 1 if one is not None else min(plan.batch * len(local_devices(devices)), max(1, len(todo)))
+    # chunks of one size whatever is left to do (the last padded), as an uninterrupted run has
+    # them: a resumed run then uses the same compiled function, and its segments round as
+    # that run's would (XLA rounds a product differently with another batch size)
+    chunk = 1 if one is not None else min(plan.batch * len(local_devices(devices)), max(1, len(pairs)))
     sy, sx = plan.segment
     restored = 0
     taken: set[tuple[int, int]] = set()  # claims this process took over from dead ones
