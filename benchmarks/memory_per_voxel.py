@@ -9,8 +9,9 @@ run. The fixed part and the bytes per object voxel are fitted over the cases (le
     python benchmarks/memory_per_voxel.py [--shapes 16x64x64 32x256x256 ...] [--batch 1 2] [--weighted] [--cached]
                                           [--malloc keep system]
 
-``--malloc``: the C library's allocator as the commands set it (keep: `eprjax_launch.keep_freed_memory`,
-the default) or as glibc leaves it (system: a program that imports eprjax); each given is measured.
+``--malloc``: the C library's allocator as `epr` sets it for a volume restored whole (keep:
+`eprjax._stream.keep_freed_memory`, the default) or as glibc leaves it (system: segmented runs, and
+a program that imports eprjax); each given is measured.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import numpy as np
 CHILD = r"""
 import json, sys
 shape, batch, weighted, cache, malloc = json.loads(sys.argv[1])
-if malloc == "keep":
-    import eprjax_launch
-    assert eprjax_launch.keep_freed_memory()
 import jax, numpy as np
 import eprjax
+from eprjax._stream import keep_freed_memory
+if malloc == "keep":
+    assert keep_freed_memory()
 from eprjax._simulate import SEED_OPTICS
 from eprjax._operator import make_grid
 from eprjax._restore import solve_segments

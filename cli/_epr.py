@@ -26,7 +26,7 @@ from eprjax._restore import MESSAGES, NONFINITE, describe_preconditioner, local_
 from eprjax._segments import MEMORY_MARGIN, device_memory, representative, segment_totals
 from eprjax._stream import (
     Source, Store, assemble, check_store_path, create_result, describe_share, fingerprint, prepare_store, recompose_share,
-    recomposed, remove_store, restore_into_store,
+    keep_freed_memory, recomposed, remove_store, restore_into_store,
     summary,
 )
 
@@ -217,6 +217,7 @@ def _run(
         return
     if big.resume:
         log.info("-resume: nothing to resume; the volume is restored whole")
+    keep_freed_memory()  # restored whole: no page faults for every array of every iteration
     chosen_by = ""
     volume = source.volume(0)
     weighing = noise_weighing(volume, input, TUNE.noise)

@@ -2,14 +2,14 @@
 second or two) so that a Ctrl-C or SIGTERM while it loads ends the program in one line,
 status 130, as it does once a command runs. The commands themselves are in `eprjax.cli`.
 
-Before that, the C library's allocator is told to keep the memory a command frees
-(`keep_freed_memory`): the restoration allocates and frees arrays of the volume's size on every
-iteration (XLA's FFT's work space, the host FFT's operands), and glibc serves allocations over
-32 MiB by mmap and gives them back at once, so that each one is paid again in page faults.
-Threads' arenas give theirs back too. Measured on the shared light-sheet stack (a 16M-voxel
-grid, 2 cores, `epr` as the tutorial runs it): 10.2 million page faults, a third of the CPU
-time in the kernel, 761 ms per iteration, 52.3 s; kept, 0.36 million, 434 ms, 32.3 s
-(docs/performance.md). ``EPRJAX_MALLOC=system`` leaves the allocator as it is.
+Before that, glibc's malloc is told to give threads no arenas of their own (one arena), unless
+``EPRJAX_MALLOC=system``: a thread's arena unmaps a heap it has emptied, so the arrays that
+JAX's and the FFT's threads allocate and free on every iteration were paid again in page
+faults each time. It must be said before those threads first allocate (an arena, once a
+thread has one, stays); `epr` says the rest where it restores a volume whole
+(`eprjax._stream.keep_freed_memory`). Measured on the shared light-sheet stack (`epr` as the
+tutorial runs it, 2 cores): 761 ms per iteration with glibc's defaults, 555-632 ms with
+the rest alone, 434 ms with both (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ import os
 import signal
 import sys
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # mallopt's parameters (glibc's malloc.h)
-_TRIM_THRESHOLD = 2**31 - 1  # give back only over 2 GiB free at the heap's top (mallopt takes an int)
+_M_ARENA_MAX = -8  # mallopt's parameter (glibc's malloc.h)
 
 
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc serve every size, from every thread, from its one main heap, and
-    keep what is freed there for the next allocation (one arena, no mmap per large array,
-    trimming only above 2 GiB free), unless ``EPRJAX_MALLOC=system``. (A heap of a thread's
-    own arena is unmapped once empty, whatever the trimming threshold; one arena has none.)
-    The process's resident memory then stays near its peak until it ends, where a command's
-    peak is what counts; explicit trims (`eprjax._stream.release_memory`) still give memory
-    back. Returns whether the allocator was changed (False where the C library is not glibc)."""
+def one_arena() -> bool:
+    """glibc's malloc with one arena for all threads (see the module text), unless
+    ``EPRJAX_MALLOC=system``; whether it was set (False where the C library is not glibc)."""
     if os.environ.get("EPRJAX_MALLOC", "").strip().lower() == "system":
         return False
     try:
@@ -39,8 +33,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-    return all([bool(mallopt(parameter, value)) for parameter, value in settings])
+    return bool(mallopt(_M_ARENA_MAX, 1))
 
 
 _HEARD: list[int] = []
@@ -53,7 +46,7 @@ def _heard(signum: int, frame: object) -> None:
 
 
 def _launch(function: str, prog: str) -> None:
-    keep_freed_memory()
+    one_arena()
     previous = {s: signal.signal(s, _heard) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         import eprjax.cli as cli  # noqa: PLC0415

@@ -252,9 +252,9 @@ def test_the_library_and_commands_import_no_gui():
 
 FAULTS = """
 import ctypes, resource, threading
-import eprjax_launch
+from eprjax._stream import keep_freed_memory
 
-changed = eprjax_launch.keep_freed_memory()
+changed = keep_freed_memory()
 
 def faults(allocate):
     allocate()  # the first allocation grows the heap: page faults either way
@@ -283,8 +283,8 @@ print(changed, faults(big), faults(in_a_thread))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 @pytest.mark.parametrize("setting", ["", "system"])
-def test_the_commands_keep_freed_memory_for_the_next_array(setting):
-    """What `eprjax_launch.keep_freed_memory` does for every command: an array of 64 MiB
+def test_epr_keeps_freed_memory_for_the_next_array(setting):
+    """What `eprjax._stream.keep_freed_memory` does for a volume `epr` restores whole: an array of 64 MiB
     allocated a second time, in the main thread and in a new one, costs no page faults (glibc
     by default maps it afresh: 16384 faults of 4 KiB), unless EPRJAX_MALLOC=system."""
     env = {**os.environ, "EPRJAX_MALLOC": setting}

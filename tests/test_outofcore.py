@@ -535,7 +535,7 @@ PEAK = textwrap.dedent(
     """
     import sys
     import eprjax_launch
-    eprjax_launch.keep_freed_memory()  # as the commands do
+    eprjax_launch.one_arena()  # as the commands start
     from eprjax.cli import main
     try:
         main(sys.argv[1:])
