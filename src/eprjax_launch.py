@@ -8,8 +8,8 @@ JAX's and the FFT's threads allocate and free on every iteration were paid again
 faults each time. It must be said before those threads first allocate (an arena, once a
 thread has one, stays); `epr` says the rest where it restores a volume whole
 (`eprjax._stream.keep_freed_memory`). Measured on the shared light-sheet stack (`epr` as the
-tutorial runs it, 2 cores): 761 ms per iteration with glibc's defaults, 555-632 ms with
-the rest alone, 434 ms with both (docs/performance.md).
+tutorial runs it, 2 cores): 754-786 ms per iteration with glibc's defaults, 555-632 ms with
+the rest alone, 464-466 ms with both (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import os
 import signal
 import sys
 
-_M_ARENA_MAX = -8  # mallopt's parameter (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt's parameters (glibc's malloc.h)
 
 
-def one_arena() -> bool:
-    """glibc's malloc with one arena for all threads (see the module text), unless
-    ``EPRJAX_MALLOC=system``; whether it was set (False where the C library is not glibc)."""
+def set_malloc(*settings: tuple[int, int]) -> bool:
+    """glibc's ``mallopt(parameter, value)`` for each of ``settings``, unless
+    ``EPRJAX_MALLOC=system``; whether all were set (False where the C library is not glibc)."""
     if os.environ.get("EPRJAX_MALLOC", "").strip().lower() == "system":
         return False
     try:
@@ -33,7 +33,12 @@ def one_arena() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, 1))
+    return all([bool(mallopt(parameter, value)) for parameter, value in settings])
+
+
+def one_arena() -> bool:
+    """glibc's malloc with one arena for all threads (see the module text)."""
+    return set_malloc((M_ARENA_MAX, 1))
 
 
 _HEARD: list[int] = []

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from eprjax_launch import M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD, set_malloc
 
 from ._errors import EprjaxError, ParameterError
 from ._io import _alive, _planes, atomic_output, file_backing
@@ -142,14 +143,12 @@ def _libc() -> Any:
 
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
         return libc
     except (OSError, AttributeError):  # not Linux with glibc
         return None
 
 
 _LIBC = _libc()
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # mallopt's parameters (glibc's malloc.h)
 _KEEP_TRIM = 2**31 - 1  # give back only over 2 GiB free at the heap's top (mallopt takes an int)
 
 
@@ -162,15 +161,12 @@ def keep_freed_memory() -> bool:
     allocations over 32 MiB by mmap and unmaps them when freed, so that each was paid again
     in page faults. With the commands' one arena (`eprjax_launch.one_arena`), measured on the
     shared light-sheet stack (16M voxels, 2 cores): 10.2 million page faults, a third of the
-    CPU time in the kernel, 761 ms per iteration; kept, 0.36 million, 434 ms
+    CPU time in the kernel, 754-786 ms per iteration; kept, 0.34-0.37 million, 464-466 ms
     (docs/performance.md). Not for segmented runs: kept memory raised the slow memory test's
     peak from 94-98 to 141-182 MiB over its baseline (budget 100). The process's resident
     memory stays near its peak until it ends; `release_memory` still gives memory back.
     Returns whether the allocator was changed (False where the C library is not glibc)."""
-    if _LIBC is None or os.environ.get("EPRJAX_MALLOC", "").strip().lower() == "system":
-        return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _KEEP_TRIM))
-    return all([bool(_LIBC.mallopt(parameter, value)) for parameter, value in settings])
+    return set_malloc((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _KEEP_TRIM))
 
 
 def release_memory() -> None:
