@@ -203,6 +203,28 @@ def test_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, {"EPRJAX_FFT": "auto", "EPRJAX_FFT_THREADS": "2"}[name])
 
 
+def test_a_batch_counts_its_voxels_for_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto counts a batch's voxels (segments restored together under vmap, whose axis the
+    convolution does not see): two grids of 2^21 voxels go to the host FFT together, one
+    alone stays on XLA's; traced through the restoration's batched path."""
+    from eprjax._restore import _batched
+
+    monkeypatch.delenv("EPRJAX_FFT", raising=False)
+    monkeypatch.setenv("EPRJAX_FFT_THREADS", "2")
+    half = (32, 256, 256)
+    assert not _fft.uses_host_fft(half)
+    with _fft.batched(2):
+        assert _fft.uses_host_fft(half)
+    assert not _fft.uses_host_fft(half)
+    otf = jnp.ones((32, 256, 129), jnp.complex64)
+
+    def traced(count: int) -> str:
+        stack = jax.ShapeDtypeStruct((count, *half), jnp.float32)
+        return str(jax.make_jaxpr(lambda x: _batched(lambda g: _fft.convolve(g, otf, half), 4, x))(stack))
+
+    assert "pure_callback" in traced(2) and "pure_callback" not in traced(1)
+
+
 def test_a_bad_fft_setting_is_one_line(workdir, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     psf = gaussian_psf((5, 5, 5), (1.0, 1.0, 1.0))
     eprjax.write("psf.i2i", psf)

@@ -59,7 +59,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._arrays import is_lazy, like, to_jax
 from ._errors import EprjaxError, ParameterError
 from ._implicit import implicit_gradients
-from ._fft import convolve, cosine_filter
+from ._fft import batched, convolve, cosine_filter
 from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf, weighted
 
 REFRESH = 50
@@ -511,16 +511,17 @@ def _solve(data, psf, alpha, tol, max_iterations, root=None, *, grid: Grid, hist
 def _segments_local(stacked, psf, alpha, tol, max_iterations, roots=None, *, grid: Grid, batch: int):
     """Segments (leading axis) restored ``batch`` at a time: vmap inside lax.map; ``roots``:
     None, or each segment's weights' roots."""
-    otf, lam, pre = _prepare(stacked, psf, alpha, grid)
+    with batched(min(batch, stacked.shape[0])):
+        otf, lam, pre = _prepare(stacked, psf, alpha, grid)
 
-    def one(pair):
-        g, op = _whitened(pair[0], otf, pair[1])
-        state = _start(g, op, grid=grid, history_length=0, pre=pre)
-        state = _advance(state, g, op, lam, tol, max_iterations, grid=grid, track=False)
-        f, k, rel, result, _ = _finish(state, op, tol, grid=grid)
-        return f, k, rel, result
+        def one(pair):
+            g, op = _whitened(pair[0], otf, pair[1])
+            state = _start(g, op, grid=grid, history_length=0, pre=pre)
+            state = _advance(state, g, op, lam, tol, max_iterations, grid=grid, track=False)
+            f, k, rel, result, _ = _finish(state, op, tol, grid=grid)
+            return f, k, rel, result
 
-    return jax.lax.map(one, (stacked, roots), batch_size=batch)
+        return jax.lax.map(one, (stacked, roots), batch_size=batch)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "batch", "mesh"))
@@ -548,7 +549,9 @@ def _batched(function, ndim: int, *args):
     axes = tuple(None if a is None else 0 for a in args)
     for _ in range(ndim - 3):
         function = jax.vmap(function, in_axes=axes)
-    return function(*args)
+    volume = next(x for x in jax.tree.leaves(args) if x.ndim == ndim)  # data, or the state's c
+    with batched(math.prod(volume.shape[: ndim - 3])):
+        return function(*args)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "history_length"))

@@ -68,7 +68,7 @@ def segment_bytes(object_voxels: int, batch: int = 1, data_voxels: int = 0, fine
     fine = data_voxels if fine_voxels is None else fine_voxels
     host = 4 * (HOST_COPIES_IN * data_voxels + HOST_COPIES_OUT * fine)
     per_voxel, fixed = BYTES_PER_OBJECT_VOXEL[kind], FIXED_BYTES[kind]
-    if kind == "cpu" and object_voxels and uses_host_fft((object_voxels,)):  # only the count matters
+    if kind == "cpu" and object_voxels and uses_host_fft((object_voxels * batch,)):  # only the count matters
         per_voxel += HOST_FFT_BYTES_PER_OBJECT_VOXEL
         fixed += HOST_FFT_FIXED_BYTES
     return fixed + batch * (object_voxels * per_voxel + host)

@@ -41,6 +41,7 @@ import numpy as np
 
 from ._arrays import to_jax
 from ._errors import EprjaxError, ParameterError
+from ._fft import batched
 from ._implicit import active_solve, implicit_gradients
 from ._noise import NoiseModel, estimate_noise
 from ._operator import Grid, adjoint, default_pad, factor3, forward, make_grid, power_gain, psf_otf, weighted
@@ -215,7 +216,8 @@ def _over_segments(parts, g, variance, reference, *rest):
     (None among ``rest``: no weights)."""
     if g.ndim == 4:
         axes = (0, 0 if jnp.ndim(variance) == 4 else None, 0 if jnp.ndim(reference) == 4 else None, *(None if r is None else 0 for r in rest))
-        terms = jax.vmap(parts, in_axes=axes)(g, variance, reference, *rest)
+        with batched(g.shape[0]):
+            terms = jax.vmap(parts, in_axes=axes)(g, variance, reference, *rest)
         return {k: jnp.sum(v) for k, v in terms.items()}
     return parts(g, variance, reference, *rest)
 
