@@ -503,9 +503,7 @@ def _solve(data, psf, alpha, tol, max_iterations, root=None, *, grid: Grid, hist
             f, k, rel, result, hist = core(g, psf, alpha, tol, max_iterations, root)
             return f[grid.data_slices], k, rel, result, hist
 
-    for _ in range(data.ndim - 3):
-        one = jax.vmap(one, in_axes=(0, None if root is None else 0))
-    return one(data, root)
+    return _batched(one, data.ndim, data, root)
 
 
 def _segments_local(stacked, psf, alpha, tol, max_iterations, roots=None, *, grid: Grid, batch: int):
