@@ -268,8 +268,9 @@ def _cosine_xla(x, inv):
     inv_high = jnp.concatenate([jnp.zeros_like(inv[..., :1]), inv[..., ::-1][..., : h3 - 1]], axis=-1)
     t = jax.lax.complex(inv[..., :h3] * low, -(inv_high * high))  # (1 - i R3) Y, Y = inv X
     # (1 - i R1)(1 - i R2) of that, R_j: the value at -k_j (0 at k_j = 0), by additions alone
-    # (so that a batch and its members round alike: XLA fused a complex product by -i into
-    # multiply-adds differently with and without a batch axis)
+    # (a product by -i is exact only where XLA does not fuse it into multiply-adds, which it
+    # does by shape; the twiddles' products below still round by shape: a batch and its
+    # members may differ in the last bit, see `_stream.restore_into_store`)
     r1 = jnp.where((np.arange(n1) > 0).reshape(-1, 1, 1), jnp.take(t, back1, axis=-3), 0)
     r2 = jnp.where((np.arange(n2) > 0).reshape(-1, 1), jnp.take(t, back2, axis=-2), 0)
     r12 = jnp.where((np.arange(n2) > 0).reshape(-1, 1), jnp.take(r1, back2, axis=-2), 0)
