@@ -284,9 +284,10 @@ print(changed, faults(big), faults(in_a_thread))
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 @pytest.mark.parametrize("setting", ["", "system"])
 def test_epr_keeps_freed_memory_for_the_next_array(setting):
-    """What `eprjax._stream.keep_freed_memory` does for a volume `epr` restores whole: an array of 64 MiB
-    allocated a second time, in the main thread and in a new one, costs no page faults (glibc
-    by default maps it afresh: 16384 faults of 4 KiB), unless EPRJAX_MALLOC=system."""
+    """What `eprjax._stream.keep_freed_memory` does for a volume `epr` restores whole: an
+    array of 64 MiB allocated a second time, in the main thread and in a new one, costs no
+    page faults (glibc by default maps it afresh: 16384 faults of 4 KiB), unless
+    EPRJAX_MALLOC=system."""
     env = {**os.environ, "EPRJAX_MALLOC": setting}
     done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env=env, check=True)
     changed, main_thread, thread = done.stdout.split()
