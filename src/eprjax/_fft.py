@@ -4,9 +4,10 @@ XLA's CPU FFT runs on one thread (jax#14664), so on a CPU with several cores the
 operator's convolutions can go through ducc0's FFT with threads instead (the library that
 NumPy's and SciPy's FFTs grew from; with reused buffers it measured 1.4x faster than
 `scipy.fft` at 128x512x512 on two cores: docs/performance.md), called from the compiled
-program (`jax.pure_callback`); on GPUs XLA's FFT (cuFFT) stays (DESIGN.md section 2). The
-convolution is linear in its signal and its transpose is the correlation with the same
-kernel (the conjugate OTF), so `convolve` carries a custom reverse-mode rule: the
+program (`buffer_callback`: ducc0 writes into XLA's own result buffers); on GPUs XLA's FFT
+(cuFFT) stays (DESIGN.md section 2). The convolution is linear in its signal and its
+transpose is the correlation with the same kernel (the conjugate OTF), so `convolve`
+carries a custom reverse-mode rule: the
 signal's cotangent goes through the same host FFTs, and nothing is differentiated through a
 callback. The OTF's cotangent (wanted only for gradients in the PSF) is JAX's own, through
 XLA's FFT.
@@ -47,13 +48,16 @@ import numpy as np
 
 from ._errors import ParameterError
 
+try:  # the host FFT writes straight into XLA's result buffers (no copy of each result)
+    from jax.experimental.buffer_callback import buffer_callback
+except ImportError:  # a JAX without it: XLA's FFT everywhere (`uses_host_fft`)
+    buffer_callback = None
+
 MODES = ("auto", "xla", "host")
 HOST_MIN_VOXELS = 2**22  # auto: the host FFT for object grids of this many voxels or more
 _AXES = (-3, -2, -1)
 _SPECTRUM: dict[str, np.ndarray] = {}  # one spectrum buffer per process, used under _LOCK
 _LOCK = threading.Lock()
-_RESULTS = threading.local()  # the result buffer, per thread: JAX copies it out after the
-# callback returns, on the callback's own thread, so that thread's next call may reuse it
 
 
 def fft_mode() -> str:
@@ -109,7 +113,7 @@ def uses_host_fft(shape: Sequence[int]) -> bool:
     a CPU (decided from the environment, see the module's text; in `auto`, the voxels of a
     `batched` trace's whole batch count)."""
     mode = fft_mode()
-    if not _cpu_only_with_one_device():
+    if buffer_callback is None or not _cpu_only_with_one_device():
         return False
     if mode == "auto":
         return math.prod(shape) * _BATCH.get() >= HOST_MIN_VOXELS and fft_threads() > 1
@@ -149,32 +153,39 @@ def _buffer(store: dict, shape: tuple[int, ...], dtype) -> np.ndarray:
     return found
 
 
-def _on_host(x: np.ndarray, otf: np.ndarray, shape: tuple[int, ...], conjugate: bool) -> np.ndarray:
-    """The convolution in NumPy with ducc0's FFTs: any leading (batch) axes of x and otf
-    broadcast. For the correlation, the backward real transform of a real x is the conjugate
-    of its forward one, so conj(X) otf comes out of the same passes, and its transform forward
-    is the backward transform of X conj(otf): no pass of its own."""
-    x, otf = np.asarray(x), np.asarray(otf)  # the callback may be handed JAX arrays
-    with _LOCK:
-        return _convolve_into_buffers(x, otf, shape, conjugate)
+def _host_function(kernel, result, *args, aliases: dict[int, int] | None = None):
+    """``kernel(out, *args)`` on NumPy views of XLA's buffers, called from the compiled
+    program: it writes its result into ``out`` (XLA's own buffer: no copy afterwards, which
+    a `jax.pure_callback` would make of every result: 7 ms of a 17 ms FFT pair at
+    64x256x256, measured); any leading (batch) axes of the arguments broadcast."""
+
+    def call(ctx, out, *buffers):
+        del ctx
+        outs = jax.tree.map(np.asarray, out)
+        with _LOCK:  # the spectrum buffer, and ducc0's threads for one call at a time
+            kernel(outs, *(np.asarray(b) for b in buffers))
+
+    return buffer_callback(call, result, vmap_method="expand_dims", input_output_aliases=aliases)(*args)
 
 
-def _convolve_into_buffers(x: np.ndarray, otf: np.ndarray, shape: tuple[int, ...], conjugate: bool) -> np.ndarray:
+def _convolve_kernel(out: np.ndarray, x: np.ndarray, otf: np.ndarray, *, shape: tuple[int, ...], conjugate: bool) -> None:
+    """The convolution in NumPy with ducc0's FFTs. For the correlation, the backward real
+    transform of a real x is the conjugate of its forward one, so conj(X) otf comes out of
+    the same passes, and its transform forward is the backward transform of X conj(otf): no
+    pass of its own."""
     threads = fft_threads()
-    batch = np.broadcast_shapes(x.shape[:-3], otf.shape[:-3])
+    batch = out.shape[:-3]
     spectrum = _buffer(_SPECTRUM, batch + otf.shape[-3:], np.result_type(otf.dtype, np.complex64))
-    out = _buffer(_RESULTS.__dict__, batch + tuple(shape), x.dtype)
     transformed = spectrum if x.shape[:-3] == batch else np.empty(x.shape[:-3] + otf.shape[-3:], spectrum.dtype)
     ducc0.fft.r2c(x, axes=_AXES, forward=not conjugate, nthreads=threads, out=transformed)
     np.multiply(transformed, otf, out=spectrum)
     ducc0.fft.c2r(spectrum, axes=_AXES, forward=conjugate, lastsize=shape[-1], inorm=2, nthreads=threads, out=out, allow_overwriting_input=True)
-    return out
 
 
 def _host_call(x, otf, shape, conjugate: bool):
     result = jax.ShapeDtypeStruct(jnp.broadcast_shapes(x.shape[:-3], otf.shape[:-3]) + tuple(shape), x.dtype)
-    call = functools.partial(_on_host, shape=tuple(shape), conjugate=conjugate)
-    return jax.pure_callback(call, result, x, otf, vmap_method="expand_dims")
+    kernel = functools.partial(_convolve_kernel, shape=tuple(shape), conjugate=conjugate)
+    return _host_function(kernel, result, x, otf)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -281,22 +292,16 @@ def _cosine_xla(x, inv):
     return x
 
 
-_COSINE = threading.local()  # the cosine filter's result buffer, per thread (see _RESULTS)
-
-
-def _cosine_on_host(x: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    x, inv = np.asarray(x), np.asarray(inv)
-    threads = fft_threads()
-    with _LOCK:  # unnormalised DCT-II, then DCT-III divided by 2n per axis: the orthonormal pair's filter
-        spectrum = _buffer(_COSINE.__dict__, np.broadcast_shapes(x.shape, inv.shape), x.dtype)  # kept, as the convolution's
-        ducc0.fft.dct(x, type=2, axes=_AXES, inorm=0, nthreads=threads, out=spectrum)
-        np.multiply(spectrum, inv, out=spectrum)
-        return ducc0.fft.dct(spectrum, type=3, axes=_AXES, inorm=2, nthreads=threads, out=spectrum)
+def _cosine_kernel(out: np.ndarray, x: np.ndarray, inv: np.ndarray) -> None:
+    threads = fft_threads()  # unnormalised DCT-II, then DCT-III divided by 2n per axis: the orthonormal pair's filter
+    ducc0.fft.dct(x, type=2, axes=_AXES, inorm=0, nthreads=threads, out=out)
+    np.multiply(out, inv, out=out)
+    ducc0.fft.dct(out, type=3, axes=_AXES, inorm=2, nthreads=threads, out=out)
 
 
 def _cosine_call(x, inv):
     result = jax.ShapeDtypeStruct(jnp.broadcast_shapes(x.shape, inv.shape), x.dtype)
-    return jax.pure_callback(_cosine_on_host, result, x, inv, vmap_method="expand_dims")
+    return _host_function(_cosine_kernel, result, x, inv)
 
 
 @jax.custom_vjp
@@ -328,3 +333,57 @@ def cosine_filter(x, inv):
         cpu=lambda x, inv: _cosine_host(x, inv),
         default=lambda x, inv: _cosine_xla(x, inv),
     )
+
+
+# The solver's periodic, unweighted iteration keeps its data-grid vectors as spectra (see
+# _restore): one orthonormal real FFT forward, one back, per iteration. Never differentiated
+# (the solver's gradients are implicit; the unrolled iteration keeps the real-space path).
+
+def _rfft_kernel(out: np.ndarray, x: np.ndarray) -> None:
+    ducc0.fft.r2c(x, axes=_AXES, forward=True, inorm=1, nthreads=fft_threads(), out=out)
+
+
+def _irfft_kernel(outs: tuple[np.ndarray, np.ndarray], _: np.ndarray, *, last: int) -> None:
+    out, spectrum = outs  # the input's own buffer (aliased): ducc0 may work in it
+    ducc0.fft.c2r(spectrum, axes=_AXES, forward=False, lastsize=last, inorm=1, nthreads=fft_threads(), out=out, allow_overwriting_input=True)
+
+
+def _host_spectral(x, shape: tuple[int, ...]) -> bool:
+    """Whether rfft3/irfft3 of a grid of ``shape`` run on the host (float32 only, see `convolve`)."""
+    return uses_host_fft(shape) and x.dtype in (jnp.float32, jnp.complex64)
+
+
+def rfft3(x):
+    """The orthonormal real FFT over the last three axes (``jnp.fft.rfftn(x, norm="ortho")``),
+    on ducc0 where the host FFT is chosen for the grid, XLA's elsewhere."""
+    shape = tuple(int(n) for n in x.shape[-3:])
+    xla = functools.partial(jnp.fft.rfftn, axes=_AXES, norm="ortho")
+    if not _host_spectral(x, shape):
+        return xla(x)
+    half = jax.ShapeDtypeStruct(x.shape[:-1] + (shape[-1] // 2 + 1,), jnp.complex64)
+    return jax.lax.platform_dependent(x, cpu=lambda x: _host_function(_rfft_kernel, half, x), default=xla)
+
+
+def irfft3(spectrum, shape: Sequence[int]):
+    """The inverse of `rfft3` onto a real grid of ``shape`` (the last three axes), on the same
+    library as `rfft3` for that grid."""
+    shape = tuple(int(n) for n in shape)
+    xla = functools.partial(jnp.fft.irfftn, s=shape, axes=_AXES, norm="ortho")
+    if not _host_spectral(spectrum, shape):
+        return xla(spectrum)
+    results = (jax.ShapeDtypeStruct(spectrum.shape[:-3] + shape, jnp.float32), jax.ShapeDtypeStruct(spectrum.shape, spectrum.dtype))
+    kernel = functools.partial(_irfft_kernel, last=shape[-1])
+    return jax.lax.platform_dependent(
+        spectrum, cpu=lambda s: _host_function(kernel, results, s, aliases={0: 1})[0], default=xla
+    )
+
+
+def parseval_weights(last: int, dtype) -> np.ndarray:
+    """Per index of a real FFT's last (halved) axis of length ``last`` // 2 + 1, how often it
+    counts in the full spectrum: 1 at 0 (and at last / 2 for an even length), 2 elsewhere, so
+    that <x, y> = sum w Re(X conj(Y)) for orthonormal spectra X, Y of real x, y."""
+    w = np.full(last // 2 + 1, 2.0)
+    w[0] = 1.0
+    if last % 2 == 0:
+        w[-1] = 1.0
+    return w.astype(dtype)
