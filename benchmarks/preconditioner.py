@@ -9,7 +9,11 @@ and alpha: the simulated image (Gaussian PSF sigma (4, 1.5, 1.5) in 31^3, 1 % Ga
 restored to ``--tol`` by `eprjax.restore` with EPRJAX_PRECONDITION=none and =auto, one after the
 other: iterations, seconds, and the relative difference between the two results. ``--warm``:
 each restoration is run twice and the second timed (no compilation); otherwise once, its
-compilation included.
+compilation included. ``--filed``: the unpreconditioned run is the iteration as issue 16 was
+filed, in real space on the periodic grid too (`_restore.SPECTRAL = False`; since 2026-12-06
+the periodic unweighted iteration runs on spectra, one FFT pair per iteration instead of two).
+The process sets the allocator as `epr` does for a volume restored whole (one arena, freed
+memory kept).
 
 History: the first trial of this preconditioner (session of 2026-12-05) applied the Fourier
 filter to the padded grid's dual by zero-padding it, undamped; at 24x96x96 that took more
@@ -26,12 +30,17 @@ import argparse
 import os
 import time
 
-import jax
-import numpy as np
+import eprjax_launch
 
-import eprjax
-from eprjax import _fft
-from eprjax._operator import centre_psf, default_pad
+eprjax_launch.one_arena()  # as the commands start (before JAX's threads allocate)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import eprjax  # noqa: E402
+from eprjax import _fft, _restore  # noqa: E402
+from eprjax._operator import centre_psf, default_pad  # noqa: E402
+from eprjax._stream import keep_freed_memory  # noqa: E402
 
 
 def gaussian_psf(shape, sigma):
@@ -64,8 +73,9 @@ def image(shape, kind, psf):
     return (g + 0.01 * g.max() * rng.normal(size=shape)).astype(np.float32)
 
 
-def run(g, psf, alpha, tol, pad, mode, warm):
+def run(g, psf, alpha, tol, pad, mode, warm, spectral=True):
     os.environ["EPRJAX_PRECONDITION"] = mode
+    _restore.SPECTRAL = spectral
     _fft.forget_traces()
     restore = lambda: eprjax.restore(g, psf, alpha=alpha, tol=tol, max_iterations=5000, pad=pad)  # noqa: E731
     if warm:
@@ -84,12 +94,15 @@ def main() -> None:
     parser.add_argument("--grids", default="padded,periodic")
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--warm", action="store_true")
+    parser.add_argument("--filed", action="store_true", help="the unpreconditioned run in real space (as filed)")
     args = parser.parse_args()
+    keep_freed_memory()
     shape = tuple(int(x) for x in args.shape.split(","))
     psf = gaussian_psf((31, 31, 31), (4, 1.5, 1.5))
     print(f"{'x'.join(map(str, shape))}, tol {args.tol:g}, {jax.devices()[0].platform}, {os.cpu_count()} cores; "
           f"{'warm (compiled)' if args.warm else 'compilation included'}; FFT: {_fft.describe(shape, jax.devices()[0].platform)}")
-    print("| object | grid | alpha | none: iterations, s | preconditioned: iterations, s | speed-up | relative difference |")
+    none = "none, real space (as filed)" if args.filed else "none"
+    print(f"| object | grid | alpha | {none}: iterations, s | preconditioned: iterations, s | speed-up | relative difference |")
     print("|---|---|---|---|---|---|---|")
     for kind in args.objects.split(","):
         g = image(shape, kind, psf)
@@ -98,7 +111,7 @@ def main() -> None:
             if pad is None:
                 pad = default_pad(psf, shape)
             for alpha in (float(a) for a in args.alphas.split(",")):
-                f0, k0, t0 = run(g, psf, alpha, args.tol, pad, "none", args.warm)
+                f0, k0, t0 = run(g, psf, alpha, args.tol, pad, "none", args.warm, spectral=not args.filed)
                 f1, k1, t1 = run(g, psf, alpha, args.tol, pad, "auto", args.warm)
                 diff = np.linalg.norm(f1 - f0) / np.linalg.norm(f0)
                 print(f"| {kind} | {grid} | {alpha:g} | {k0}, {t0:.1f} | {k1}, {t1:.1f} | {t0 / t1:.2f}x | {diff:.1e} |", flush=True)

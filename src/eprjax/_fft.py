@@ -7,10 +7,9 @@ NumPy's and SciPy's FFTs grew from; with reused buffers it measured 1.4x faster 
 program (`buffer_callback`: ducc0 writes into XLA's own result buffers); on GPUs XLA's FFT
 (cuFFT) stays (DESIGN.md section 2). The convolution is linear in its signal and its
 transpose is the correlation with the same kernel (the conjugate OTF), so `convolve`
-carries a custom reverse-mode rule: the
-signal's cotangent goes through the same host FFTs, and nothing is differentiated through a
-callback. The OTF's cotangent (wanted only for gradients in the PSF) is JAX's own, through
-XLA's FFT.
+carries a custom reverse-mode rule: the signal's cotangent goes through the same host FFTs,
+and nothing is differentiated through a callback. The OTF's cotangent (wanted only for
+gradients in the PSF) is JAX's own, through XLA's FFT.
 
 Which library runs is decided when a function is traced:
 
@@ -157,7 +156,8 @@ def _host_function(kernel, result, *args, aliases: dict[int, int] | None = None)
     """``kernel(out, *args)`` on NumPy views of XLA's buffers, called from the compiled
     program: it writes its result into ``out`` (XLA's own buffer: no copy afterwards, which
     a `jax.pure_callback` would make of every result: 7 ms of a 17 ms FFT pair at
-    64x256x256, measured); any leading (batch) axes of the arguments broadcast."""
+    64x256x256, measured). Under vmap the kernel gets the batch as leading axes (size 1 for
+    an argument that is not batched)."""
 
     def call(ctx, out, *buffers):
         del ctx
@@ -338,6 +338,7 @@ def cosine_filter(x, inv):
 # The solver's periodic, unweighted iteration keeps its data-grid vectors as spectra (see
 # _restore): one orthonormal real FFT forward, one back, per iteration. Never differentiated
 # (the solver's gradients are implicit; the unrolled iteration keeps the real-space path).
+
 
 def _rfft_kernel(out: np.ndarray, x: np.ndarray) -> None:
     ducc0.fft.r2c(x, axes=_AXES, forward=True, inorm=1, nthreads=fft_threads(), out=out)

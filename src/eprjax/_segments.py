@@ -44,12 +44,15 @@ FIXED_BYTES = {"cpu": 24 * 2**20, "gpu": 0}
 # With the host FFT (`_fft`, large grids on CPUs) a restoration peaks higher than with XLA's,
 # mostly by a fixed part: a program that calls back into Python is compiled on every run (the
 # compilation cache cannot keep it), with the memory compiling takes, and ducc0 keeps its
-# plans and buffers (a spectrum and results, about 8 B per voxel by their sizes). Measured
-# (the same runs, 32x256x256 to 64x512x512 segments, 4.8-50 million voxels): 600-1059 MiB for
-# 4.8-7.9 million voxels, 89-118 B per voxel at 25-50 million; 200 MiB + 10 B per voxel more
-# than XLA's lies over every case (the closest: 749 MiB for a predicted 769).
-HOST_FFT_FIXED_BYTES = 200 * 2**20
-HOST_FFT_BYTES_PER_OBJECT_VOXEL = 10
+# plans and its spectrum buffer. Measured (the same runs, 32x256x256 to 64x512x512 segments,
+# 4.8-50 million voxels), since ducc0 writes into XLA's own result buffers (2026-12-06,
+# fourth session; before, a kept result buffer per thread and a copy of each result came
+# on top: 600-1059 MiB for 4.8-7.9 million voxels, 111-118 B at 25 million): 468-745 MiB for
+# 4.8-7.9 million voxels, 78-92 B per voxel at 25 million, 64-72 at 50 million (two at a
+# time); 100 MiB more than XLA's lies over every case (the closest: 561 MiB for a predicted
+# 624, weighted, glibc's allocator).
+HOST_FFT_FIXED_BYTES = 100 * 2**20
+HOST_FFT_BYTES_PER_OBJECT_VOXEL = 0
 # Besides the restoration, a segmented run holds each segment of the chunk in host memory on
 # its way in and out: the data read (float32, data grid) and the result as the store saves it
 # (the result and zarr's encoded copy of its chunk, float32, restoration grid). Measured with
