@@ -25,7 +25,7 @@ that float32 round-off cannot accumulate. On the periodic grid without weights H
 product in the Fourier basis, and the data-grid vectors (c, the gradient, d, g) are kept as
 their orthonormal real FFTs (`_spectral`): H f is then one forward FFT, H^T d one inverse,
 the inner products sums over the half spectrum (Parseval), one FFT pair per iteration in all
-(measured 1.3-1.5x faster per iteration at 64x256x256: docs/performance.md).
+(measured 1.25-1.6x faster per iteration at 64x256x256 and 128x512x512: docs/performance.md).
 
 Preconditioning (`EPRJAX_PRECONDITION`, default on). The dual's Hessian lam I + H P H^T is,
 where the object is dense (P near I), close to lam I + H H^T, which is diagonal in a known
@@ -540,7 +540,7 @@ def _unrolled(g, h, alpha, tol, root=None, *, iterations: int, grid: Grid):
     grows with the iterations (one state per iteration)."""
     otf, lam, _ = _prepare(g, h, alpha, grid)  # no preconditioner: the gradient goes through the iterations
     g, otf = _whitened(g, otf, root)
-    state = _start(g, otf, grid=grid, history_length=0, spectral=False)  # no host FFT to differentiate
+    state = _start(g, otf, grid=grid, history_length=0, spectral=False)  # the host FFT's transforms have no derivative rules
 
     @jax.checkpoint
     def one(s, _):
