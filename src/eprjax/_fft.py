@@ -119,6 +119,12 @@ def uses_host_fft(shape: Sequence[int]) -> bool:
     return mode == "host"
 
 
+def _on_host(shape: Sequence[int], *arrays) -> bool:
+    """Whether a transform on a grid of ``shape`` of these arrays runs on the host FFT: where
+    it is chosen (`uses_host_fft`) and every array is single precision (see `convolve`)."""
+    return uses_host_fft(shape) and all(a.dtype in (jnp.float32, jnp.complex64) for a in arrays)
+
+
 def forget_traces() -> None:
     """Forget every traced restoration, so that the next call chooses its FFT anew (after
     ``EPRJAX_FFT`` changed in the same process: the choice is made when a function is traced)."""
@@ -218,7 +224,7 @@ def convolve(x, otf, shape: Sequence[int], *, conjugate: bool = False):
     float64 results into float32 where x64 is enabled by `jax.enable_x64` on the calling
     thread only, as the callback runs on another.)"""
     shape = tuple(int(n) for n in shape)
-    if not uses_host_fft(shape) or x.dtype != jnp.float32 or otf.dtype != jnp.complex64:
+    if not _on_host(shape, x, otf):
         return _xla(x, otf, shape, conjugate)
     return jax.lax.platform_dependent(
         x, otf,
@@ -326,7 +332,7 @@ def cosine_filter(x, inv):
     ducc0 where the host FFT is chosen for the grid (`uses_host_fft`), XLA's elsewhere; ``inv``
     is treated as a constant (no gradient)."""
     inv = jax.lax.stop_gradient(inv)
-    if not uses_host_fft(x.shape[-3:]) or x.dtype != jnp.float32:
+    if not _on_host(x.shape[-3:], x):
         return _cosine_xla(x, inv.astype(x.dtype))
     return jax.lax.platform_dependent(
         x, inv.astype(x.dtype),
@@ -349,17 +355,12 @@ def _irfft_kernel(outs: tuple[np.ndarray, np.ndarray], _: np.ndarray, *, last: i
     ducc0.fft.c2r(spectrum, axes=_AXES, forward=False, lastsize=last, inorm=1, nthreads=fft_threads(), out=out, allow_overwriting_input=True)
 
 
-def _host_spectral(x, shape: tuple[int, ...]) -> bool:
-    """Whether rfft3/irfft3 of a grid of ``shape`` run on the host (float32 only, see `convolve`)."""
-    return uses_host_fft(shape) and x.dtype in (jnp.float32, jnp.complex64)
-
-
 def rfft3(x):
     """The orthonormal real FFT over the last three axes (``jnp.fft.rfftn(x, norm="ortho")``),
     on ducc0 where the host FFT is chosen for the grid, XLA's elsewhere."""
     shape = tuple(int(n) for n in x.shape[-3:])
     xla = functools.partial(jnp.fft.rfftn, axes=_AXES, norm="ortho")
-    if not _host_spectral(x, shape):
+    if not _on_host(shape, x):
         return xla(x)
     half = jax.ShapeDtypeStruct(x.shape[:-1] + (shape[-1] // 2 + 1,), jnp.complex64)
     return jax.lax.platform_dependent(x, cpu=lambda x: _host_function(_rfft_kernel, half, x), default=xla)
@@ -370,7 +371,7 @@ def irfft3(spectrum, shape: Sequence[int]):
     library as `rfft3` for that grid."""
     shape = tuple(int(n) for n in shape)
     xla = functools.partial(jnp.fft.irfftn, s=shape, axes=_AXES, norm="ortho")
-    if not _host_spectral(spectrum, shape):
+    if not _on_host(shape, spectrum):
         return xla(spectrum)
     results = (jax.ShapeDtypeStruct(spectrum.shape[:-3] + shape, jnp.float32), jax.ShapeDtypeStruct(spectrum.shape, spectrum.dtype))
     kernel = functools.partial(_irfft_kernel, last=shape[-1])

@@ -344,8 +344,11 @@ def _start(g, otf, *, grid: Grid, history_length: int, pre: _Preconditioner | No
     scale = jnp.maximum(jnp.sqrt(gg), jnp.finfo(dtype).tiny)
     u = jnp.zeros(grid.object_shape, dtype)
     z = -_precondition(pre, g, grid, spectral)
-    gz, zz = (gg, gg) if pre is None else _dots(grid, spectral, (g, z), (z, z))
-    gz = gz if pre is None else -gz
+    if pre is None:
+        gz = zz = gg
+    else:  # z = -M g: <g, M g> = -<g, z>
+        minus_gz, zz = _dots(grid, spectral, (g, z), (z, z))
+        gz = -minus_gz
     v = _back(otf, -z, grid, spectral)
     fv, vv = _slope_terms(u, v)
     zero = jnp.zeros((), dtype)
@@ -385,7 +388,7 @@ def _step(s: _State, g, otf, lam, *, grid: Grid, track: bool, fixed: bool = Fals
     else:  # PR+ in M's inner product: z = M grad in place of the gradient, while the object is dense
         on = s.on & (s.active >= PRECONDITION_ACTIVE)
         if sp:  # a product: no branch, so that XLA fuses it with what reads z
-            z = jnp.where(on, s.pre.inv, 1) * new
+            z = jnp.where(on, _precondition(s.pre, new, grid, sp), new)
         else:
             z = jax.lax.cond(on, lambda: _precondition(s.pre, new, grid, sp), lambda: new)
         gz, cross, nd, gg, zz, zd = _dots(grid, sp, (new, z), (new, s.grad), (new, d), (new, new), (z, z), (z, d))
@@ -416,9 +419,8 @@ def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool)
     Each iteration: an exact line search (its first Newton step from scalars alone, checked
     in the same pass that moves u; more steps only when the active set changed a lot), then
     the new gradient (one FFT pair) and the new direction with its image v (one FFT pair);
-    on spectra (`_spectral`), one FFT each. ``g`` on the data grid.
+    on spectra (`_spectral`), one FFT each. ``g`` in the state's basis (`_in_basis`).
     """
-    g = _in_basis(g, state.spectral)
     body = functools.partial(_step, g=g, otf=otf, lam=lam, grid=grid, track=track)
 
     def going(s: _State, end):
@@ -503,7 +505,7 @@ def _object(g, h, alpha, tol, max_iterations, root=None, *, grid: Grid, history_
     otf, lam, pre = _prepare(g, h, alpha, grid)
     g, otf = _whitened(g, otf, root)
     state = _start(g, otf, grid=grid, history_length=history_length, pre=pre)
-    state = _advance(state, g, otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
+    state = _advance(state, _in_basis(g, state.spectral), otf, lam, tol, max_iterations, grid=grid, track=history_length > 0)
     return _finish(state, otf, tol, grid=grid, crop=False)
 
 
@@ -584,7 +586,7 @@ def _segments_local(stacked, psf, alpha, tol, max_iterations, roots=None, *, gri
         def one(pair):
             g, op = _whitened(pair[0], otf, pair[1])
             state = _start(g, op, grid=grid, history_length=0, pre=pre)
-            state = _advance(state, g, op, lam, tol, max_iterations, grid=grid, track=False)
+            state = _advance(state, _in_basis(g, state.spectral), op, lam, tol, max_iterations, grid=grid, track=False)
             f, k, rel, result, _ = _finish(state, op, tol, grid=grid)
             return f, k, rel, result
 
@@ -643,8 +645,9 @@ def _solve_advance(state, data, otf, lam, tol, until, root=None, *, grid: Grid, 
 
     def advance(state, g, root):
         g, op = _whitened(g, otf, root)
+        g = _in_basis(g, state.spectral)
         state = _advance(state, g, op, lam, tol, until, grid=grid, track=track)
-        return state, _statistics(state, _in_basis(g, state.spectral), lam, grid)
+        return state, _statistics(state, g, lam, grid)
 
     return _batched(advance, data.ndim, state, data, root)
 
