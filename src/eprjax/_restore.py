@@ -143,12 +143,14 @@ class Solution(eqx.Module):
 
 
 def _sums(*terms):
-    """Several sums over the same grid in one pass (one variadic reduction)."""
+    """Several sums over the same grid in one pass (one variadic reduction over the last
+    axis, then the rows' sums)."""
     zero = jnp.zeros((), terms[0].dtype)
-    return jax.lax.reduce(
+    rows = jax.lax.reduce(
         terms, (zero,) * len(terms), lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
-        tuple(range(terms[0].ndim)),
+        (terms[0].ndim - 1,),
     )
+    return tuple(jnp.sum(r) for r in rows)
 
 
 def _slope_terms(w, v, *, count: bool = False):
@@ -267,6 +269,12 @@ def _for_basis(pre: _Preconditioner | None, spectral: bool) -> _Preconditioner |
     return _Preconditioner(jnp.real(pre.inv), cosine=False) if spectral and pre is not None else pre
 
 
+def _inline(pre: _Preconditioner | None, spectral: bool) -> bool:
+    """Whether M is a product applied where the gradient is read (on spectra), so that the
+    state keeps the gradient itself rather than z = M grad (`_State.grad`)."""
+    return spectral and pre is not None
+
+
 def _in_basis(x, spectral: bool):
     """A data-grid vector in the iteration's basis."""
     return rfft3(x) if spectral else x
@@ -303,7 +311,9 @@ class _State(eqx.Module):
     k: Int[Array, ""]
     c: Float[Array, "z y x"]
     u: Float[Array, "oz oy ox"]
-    grad: Float[Array, "z y x"]  # z = M grad: what PR+ needs of this gradient at the next
+    grad: Float[Array, "z y x"]  # z = M grad: what PR+ needs of this gradient at the next (the gradient
+    # itself where M is a product on spectra, `_inline`: M is then applied where it is read, so that
+    # neither the gradient nor z has to be kept beside the other)
     d: Float[Array, "z y x"]
     v: Float[Array, "oz oy ox"]
     gg: Float[Array, ""]  # <grad, grad>
@@ -356,7 +366,7 @@ def _start(g, otf, *, grid: Grid, history_length: int, pre: _Preconditioner | No
     if history_length:
         hist = tuple(h.at[0].set(x) for h, x in zip(hist, (zero, jnp.sqrt(gg) / scale, zero, zero), strict=True))
     return _State(
-        k=jnp.asarray(0), c=jnp.zeros_like(g), u=u, grad=z, d=-z, v=v, gg=gg, gz=gz, gd=-gz, dd=zz,
+        k=jnp.asarray(0), c=jnp.zeros_like(g), u=u, grad=-g if _inline(pre, spectral) else z, d=-z, v=v, gg=gg, gz=gz, gd=-gz, dd=zz,
         fv=fv, vv=vv, step=zero, scale=scale, hist=hist, pre=pre, on=jnp.asarray(pre is not None), active=jnp.ones((), dtype),
         spectral=spectral,
     )
@@ -387,11 +397,13 @@ def _step(s: _State, g, otf, lam, *, grid: Grid, track: bool, fixed: bool = Fals
         on = s.on
     else:  # PR+ in M's inner product: z = M grad in place of the gradient, while the object is dense
         on = s.on & (s.active >= PRECONDITION_ACTIVE)
-        if sp:  # a product: no branch, so that XLA fuses it with what reads z
-            z = jnp.where(on, _precondition(s.pre, new, grid, sp), new)
+        if sp:  # M a product, applied where read (`_State.grad`): no branch, no array of its own
+            m = jnp.where(on, s.pre.inv, jnp.ones((), s.pre.inv.dtype))
+            z, old = m * new, m * s.grad
         else:
             z = jax.lax.cond(on, lambda: _precondition(s.pre, new, grid, sp), lambda: new)
-        gz, cross, nd, gg, zz, zd = _dots(grid, sp, (new, z), (new, s.grad), (new, d), (new, new), (z, z), (z, d))
+            old = s.grad
+        gz, cross, nd, gg, zz, zd = _dots(grid, sp, (new, z), (new, old), (new, d), (new, new), (z, z), (z, d))
     beta = jnp.maximum(0, (gz - cross) / jnp.maximum(s.gz, tiny))  # Polak-Ribiere+
     beta = jnp.where((-gz + beta * nd < 0) & (on == s.on), beta, 0)  # not a descent direction, or M left: restart
     d = -z + beta * d
@@ -407,7 +419,7 @@ def _step(s: _State, g, otf, lam, *, grid: Grid, track: bool, fixed: bool = Fals
         values = (objective, jnp.sqrt(gg) / s.scale, t, share)
         hist = tuple(h.at[k + 1].set(x) for h, x in zip(hist, values, strict=True))
     return _State(
-        k=k + 1, c=c, u=u, grad=z, d=d, v=v, gg=gg, gz=gz, gd=-gz + beta * nd,
+        k=k + 1, c=c, u=u, grad=new if _inline(s.pre, sp) else z, d=d, v=v, gg=gg, gz=gz, gd=-gz + beta * nd,
         dd=zz - 2 * beta * zd + beta * beta * s.dd, fv=fv, vv=vv, step=t, scale=s.scale, hist=hist, pre=s.pre,
         on=on, active=active, spectral=sp,
     )
@@ -489,8 +501,8 @@ def _warm_start(g, otf, lam, c, *, grid: Grid, pre: _Preconditioner | None = Non
     zero = jnp.zeros((), dtype)
     hist = tuple(jnp.full((1,), jnp.nan, dtype) for _ in range(4))
     return _State(
-        k=jnp.asarray(0), c=c, u=u, grad=z, d=-z, v=v, gg=gg, gz=gz, gd=-gz, dd=zz, fv=fv, vv=vv, step=zero,
-        scale=scale, hist=hist, pre=pre, on=on, active=active, spectral=spectral,
+        k=jnp.asarray(0), c=c, u=u, grad=grad if _inline(pre, spectral) else z, d=-z, v=v, gg=gg, gz=gz, gd=-gz,
+        dd=zz, fv=fv, vv=vv, step=zero, scale=scale, hist=hist, pre=pre, on=on, active=active, spectral=spectral,
     )
 
 
