@@ -16,7 +16,7 @@ import scipy.ndimage
 import eprjax
 from eprjax import _fft
 from eprjax._operator import make_grid
-from eprjax._restore import PRECONDITION_ACTIVE, _solve_advance, _solve_start, describe_preconditioner, precondition_mode
+from eprjax._restore import PRECONDITION_ACTIVE, _cosine_power, _solve_advance, _solve_start, describe_preconditioner, precondition_mode
 
 from .test_restore import gaussian_psf
 
@@ -53,6 +53,25 @@ def test_the_cosine_filter_is_scipys_dct_filter_and_its_own_transpose(monkeypatc
     _, pullback = jax.vjp(lambda y: _fft.cosine_filter(y, jnp.asarray(inv, jnp.float32)), jnp.asarray(a))
     np.testing.assert_allclose(np.asarray(pullback(jnp.asarray(b))[0]), mb, rtol=0, atol=1e-5)
     _fft.forget_traces()
+
+
+@pytest.mark.parametrize(("psf_shape", "shape"), [((31, 31, 31), (20, 40, 33)), ((9, 8, 7), (4, 3, 5)), ((33, 21, 11), (40, 48, 51))])
+def test_the_cosine_power_is_the_doubled_grids_otf(psf_shape, shape):
+    """The padded preconditioner's sigma: |OTF|^2 of the PSF on a grid twice the data's (its
+    origin at 0, what the doubled grid cannot hold cut off), at the first n frequencies per
+    axis; here by NumPy's FFT in double precision, as the solver computed it before."""
+    rng = np.random.default_rng(0)
+    psf = rng.random(psf_shape)
+    twice = tuple(2 * n for n in shape)
+    kernel = np.zeros(twice)
+    for index in np.ndindex(psf_shape):
+        offset = [i - p // 2 for i, p in zip(index, psf_shape, strict=True)]
+        if all(-n <= o < n for o, n in zip(offset, shape, strict=True)):
+            kernel[tuple(o % m for o, m in zip(offset, twice, strict=True))] += psf[index]
+    expected = (np.abs(np.fft.rfftn(kernel)) ** 2)[: shape[0], : shape[1], : shape[2]]
+    got = np.asarray(_cosine_power(jnp.asarray(psf, jnp.float32), shape), np.float64)
+    # float32 sums of at most a few thousand terms of size <= the total: relative to the largest
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * expected.max())
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 2, 3), (2, 2, 2), (4, 4, 1), (6, 8, 10), (7, 9, 11), (3, 10, 5)])

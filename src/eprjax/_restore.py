@@ -225,12 +225,29 @@ def _preconditioner(psf, otf, s, lam, grid: Grid) -> _Preconditioner | None:
     shift = lam + PRECONDITION_SHIFT * s * s
     if grid.periodic:
         return _Preconditioner((1 / (jnp.abs(otf) ** 2 + shift)).astype(otf.dtype), cosine=False)
-    # the autocorrelation's eigenvalues under reflecting boundaries: its spectrum on a grid
-    # twice the data's, at the cosine basis' frequencies pi k / n
-    n = grid.data_shape
-    twice, _ = psf_otf(psf, make_grid(tuple(2 * k for k in n), (0, 0, 0)))
-    sigma = (jnp.abs(twice) ** 2)[: n[0], : n[1], : n[2]]
-    return _Preconditioner((1 / (sigma + shift)).astype(lam.dtype), cosine=True)
+    return _Preconditioner((1 / (_cosine_power(psf, grid.data_shape) + shift)).astype(lam.dtype), cosine=True)
+
+
+def _cosine_power(psf, n: Sequence[int]):
+    """The PSF autocorrelation's eigenvalues under reflecting boundaries on a grid of shape
+    ``n``: |OTF|^2 on a grid twice as large (the PSF placed as `psf_otf` places it, cropped
+    to that grid), at the cosine basis' frequencies pi k / n_j, k < n_j. Evaluated as the
+    PSF's Fourier sum at those frequencies, one axis at a time (three small products with
+    the exponentials): the FFT on the doubled grid that it equals held eight times the
+    data's voxels, twice (measured: the preconditioner's 0.8 GB of the 2.2 GB peak on the
+    shared light-sheet stack)."""
+    h = psf
+    factors = []
+    for axis, m in enumerate(n):
+        p, c = psf.shape[axis], psf.shape[axis] // 2
+        x = np.arange(max(0, c - m), min(p, c + m))  # offsets x - c in [-m, m - 1]: what the doubled grid holds
+        h = jax.lax.slice_in_dim(h, int(x[0]), int(x[-1]) + 1, axis=axis)
+        factors.append(np.exp(-1j * np.pi * np.outer(x - c, np.arange(m)) / m).astype(np.complex64))
+    highest = jax.lax.Precision.HIGHEST
+    t = jnp.einsum("abc,ck->abk", h.astype(jnp.complex64), factors[2], precision=highest)
+    t = jnp.einsum("abk,bj->ajk", t, factors[1], precision=highest)
+    t = jnp.einsum("ajk,ai->ijk", t, factors[0], precision=highest)
+    return t.real * t.real + t.imag * t.imag
 
 
 def describe_preconditioner(grid: Grid, weighted: bool = False) -> str:
