@@ -234,8 +234,8 @@ def _cosine_power(psf, n: Sequence[int]):
     to that grid), at the cosine basis' frequencies pi k / n_j, k < n_j. Evaluated as the
     PSF's Fourier sum at those frequencies, one axis at a time (three small products with
     the exponentials): the FFT on the doubled grid that it equals held eight times the
-    data's voxels, twice (measured: the preconditioner's 0.8 GB of the 2.2 GB peak on the
-    shared light-sheet stack)."""
+    data's voxels, twice (the shared light-sheet stack's `epr` peaked at 2.17 GB with it,
+    1.54 GB without: docs/performance.md)."""
     h = psf
     factors = []
     for axis, m in enumerate(n):
@@ -383,8 +383,8 @@ def _start(g, otf, *, grid: Grid, history_length: int, pre: _Preconditioner | No
     if history_length:
         hist = tuple(h.at[0].set(x) for h, x in zip(hist, (zero, jnp.sqrt(gg) / scale, zero, zero), strict=True))
     return _State(
-        k=jnp.asarray(0), c=jnp.zeros_like(g), u=u, grad=-g if _inline(pre, spectral) else z, d=-z, v=v, gg=gg, gz=gz, gd=-gz, dd=zz,
-        fv=fv, vv=vv, step=zero, scale=scale, hist=hist, pre=pre, on=jnp.asarray(pre is not None), active=jnp.ones((), dtype),
+        k=jnp.asarray(0), c=jnp.zeros_like(g), u=u, grad=-g if _inline(pre, spectral) else z, d=-z, v=v, gg=gg,
+        gz=gz, gd=-gz, dd=zz, fv=fv, vv=vv, step=zero, scale=scale, hist=hist, pre=pre, on=jnp.asarray(pre is not None), active=jnp.ones((), dtype),
         spectral=spectral,
     )
 
