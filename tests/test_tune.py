@@ -349,14 +349,18 @@ def _search(function, x0: float):
     """`_root` on a closed-form L(x) (x = log alpha), counting the evaluations."""
     from eprjax._tune import _root
 
-    calls = []
+    calls, slopes = [], []
 
     def evaluate(x, slope):
         calls.append(x)
-        h = 1e-6
-        return function(x), (function(x + h) - function(x - h)) / (2 * h)
+        value, h = function(x), 1e-6
+        if not (slope(value) if callable(slope) else slope):
+            return value, math.nan  # as the tuning does: the slope's solve spared
+        slopes.append(x)
+        return value, (function(x + h) - function(x - h)) / (2 * h)
 
     x, floor = _root(evaluate, x0, math.log(1e-9), math.log(10.0), 12)
+    _search.slopes = slopes
     return x, floor, calls
 
 
@@ -371,6 +375,10 @@ def test_root_search_on_closed_forms() -> None:
     root = math.log(1e-4)
     x, floor, calls = _search(lambda x: ROOT_TOLERANCE + 0.12 * (x - root), math.log(0.1))
     assert floor is None and abs(x - root) < math.log(1.5) and len(calls) <= 6
+    # slopes only until the root is bracketed: not for the trial that brackets it, nor after
+    sides = [x > root for x in calls]
+    asked = [calls.index(x) for x in _search.slopes]
+    assert asked and all(len(set(sides[: i + 1])) == 1 for i in asked) and len(asked) < len(calls)
     level, alpha0 = 1.3, 1e-3
     x, floor, calls = _search(lambda x: math.log(level + math.exp(x) / alpha0), math.log(0.05))
     want = math.log(alpha0 * level * (math.exp(FLOOR_MARGIN) - 1))

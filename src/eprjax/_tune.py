@@ -354,7 +354,10 @@ def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> tuple[float,
     over it, or within `FAR` of it only `NEAR_STRETCH` times Newton's; then secant steps on
     L's values inside the bracket (Anderson-Bjorck); until L is within `ROOT_BAND` of the
     target or the bracket is narrower than `STEP_TOLERANCE`. ``evaluate(x, slope)`` gives L
-    and, when asked, its slope. Returns (the x chosen, the floor or None).
+    and, when asked, its slope (NaN when not): ``slope`` is True, False, or a function of L's
+    value that says whether the slope is wanted, so that the slope's solve is spared where a
+    trial brings the bracket (a secant step follows, and the bracket's slope serves). Returns
+    (the x chosen, the floor or None).
 
     The target is L = `ROOT_TOLERANCE` (the residual 1 % above its expected value), so
     that where L stays near 0 over a range (little signal: any alpha there fits the data to
@@ -422,8 +425,17 @@ def _root(evaluate, x0: float, lo: float, hi: float, steps: int) -> tuple[float,
         if nx == x:
             break  # at the end of the range
         x = nx
-        value, slope = at(x, not bracketed)
+
+        def wanted(value, below=below, above=above, bracketed=bracketed):
+            """The slope is wanted unless the bracket is had, or this value makes it."""
+            L = value - target
+            return not (bracketed or (L < 0 and above is not None) or (L > 0 and below is not None))
+
+        value, slope = at(x, wanted)
         L = value - target
+        if not bracketed and not wanted(value):  # the bracket's slope, for `settled`
+            other = above if L < 0 else below
+            slope = (L - other[1]) / (x - other[0]) if x != other[0] else math.nan
         if bracketed:  # Anderson-Bjorck: keep the secant from stalling on one side
             slope = (above[1] - below[1]) / (above[0] - below[0])  # the bracket's
             if L < 0:
@@ -668,9 +680,11 @@ def tune_alpha(
     known: dict[str, Any] = {"x": math.inf, "trace": 0.0}  # the last trace computed, and where (at alpha = inf it is 0)
     noise_total = float(jnp.sum(jnp.broadcast_to(variance, g.shape)))
 
-    def evaluate(x: float, slope: bool = False, exact: bool = False) -> tuple[float, float]:
+    def evaluate(x: float, slope: bool | Callable[[float], bool] = False, exact: bool = False) -> tuple[float, float]:
         """The criterion at alpha = exp(x), from a trial restoration started from the last
-        one's dual (``exact``: the trace always computed, never bounded)."""
+        one's dual (``exact``: the trace always computed, never bounded); its slope too where
+        ``slope`` is True, or a function of the value that says so (the value is computed
+        first, and the slope's solve only where it is wanted; NaN where not)."""
         from ._restore import _solve_reporting
 
         spent()
@@ -688,17 +702,32 @@ def tune_alpha(
         )
         done = int(np.max(np.asarray(k)))
         value = None
+
+        def wants(value: float) -> bool:
+            return slope(value) if callable(slope) else bool(slope)
+
         if criterion == "discrepancy" and not exact:
             # the trace changes slowly with alpha and falls as it grows: the last trial's is a
             # bound on this one's (from below when alpha went down, from above when up); where
             # even with it the residual is far from its expected value, the trace's solve is
             # spared (the Newton step needs only the residual's slope)
-            log_rr, d, _ = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind="residual", slope=slope)
+            # its value first, the slope's solve (the larger part) only where the guess is
+            # taken and the slope wanted
+            log_rr, _, _ = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind="residual", slope=False)
             guess = float(log_rr) - math.log(max(noise_total - known["trace"], 1e-30))
             if (guess - ROOT_TOLERANCE > FAR and x < known["x"]) or (guess - ROOT_TOLERANCE < -FAR and x > known["x"]):
-                value = guess
+                value, d = guess, math.nan
+                if wants(guess):
+                    _, d, _ = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind="residual", slope=True)
         if value is None:
-            value, d, terms = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind=criterion, slope=slope)
+            # where the slope depends on the value: the value alone first (the slope's solves
+            # come on top of the value's; where the value brings the bracket, none is wanted)
+            first = slope if isinstance(slope, bool) else False
+            value, d, terms = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind=criterion, slope=first)
+            if not first:
+                d = math.nan
+                if wants(float(value)):
+                    value, d, terms = _value_and_slope(jnp.asarray(x, dtype), f, *arrays, grid=grid, kind=criterion, slope=True)
             if criterion == "discrepancy":
                 known.update(x=x, trace=float(terms["trace"]))
         warm.update(x=x, dual=dual)
