@@ -243,18 +243,18 @@ def test_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_batch_counts_its_voxels_for_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     """auto counts a batch's voxels (segments restored together under vmap, whose axis the
-    convolution does not see): two grids of 2^21 voxels go to the host FFT together, one
-    alone stays on XLA's; traced through the restoration's batched path."""
+    convolution does not see): two grids of half the threshold's voxels go to the host FFT
+    together, one alone stays on XLA's; traced through the restoration's batched path."""
     from eprjax._restore import _batched
 
     monkeypatch.delenv("EPRJAX_FFT", raising=False)
     monkeypatch.setenv("EPRJAX_FFT_THREADS", "2")
-    half = (32, 256, 256)
+    half = (_fft.HOST_MIN_VOXELS // (2 * 256 * 256), 256, 256)
     assert not _fft.uses_host_fft(half)
     with _fft.batched(2):
         assert _fft.uses_host_fft(half)
     assert not _fft.uses_host_fft(half)
-    otf = jnp.ones((32, 256, 129), jnp.complex64)
+    otf = jnp.ones((half[0], 256, 129), jnp.complex64)
 
     def traced(count: int) -> str:
         stack = jax.ShapeDtypeStruct((count, *half), jnp.float32)

@@ -53,7 +53,8 @@ except ImportError:  # a JAX without it: XLA's FFT everywhere (`uses_host_fft`)
     buffer_callback = None
 
 MODES = ("auto", "xla", "host")
-HOST_MIN_VOXELS = 2**22  # auto: the host FFT for object grids of this many voxels or more
+HOST_MIN_VOXELS = 2**21  # auto: the host FFT for object grids of this many voxels or more (docs/performance.md:
+# whole commands equal at 1.5 million voxels, ducc0 1.2x faster at 3.2 million; 2^22 until the in-place host FFT)
 _AXES = (-3, -2, -1)
 _SPECTRUM: dict[str, np.ndarray] = {}  # one spectrum buffer per process, used under _LOCK
 _LOCK = threading.Lock()
