@@ -16,10 +16,10 @@ Which library runs is decided when a function is traced:
 - ``EPRJAX_FFT=xla``: XLA's FFT everywhere;
 - ``EPRJAX_FFT=host``: the host FFT wherever the program runs on a CPU;
 - ``EPRJAX_FFT=auto`` (the default): the host FFT on CPUs for grids of at least
-  `HOST_MIN_VOXELS` voxels when more than one thread is allowed. Below that size XLA's FFT
-  is as fast (measured, docs/performance.md), and a program with a callback cannot be kept
-  in JAX's persistent compilation cache, so small restorations would pay a compilation on
-  every run for nothing.
+  `HOST_MIN_VOXELS` voxels when more than one thread is allowed. Below that size the host
+  FFT's iterations are faster still, but a program with a callback cannot be kept in JAX's
+  persistent compilation cache, and the compilation it then pays on every run outweighs
+  what a small restoration's iterations gain (whole commands measured, docs/performance.md).
 
 Where JAX's default backend is not the CPU (a GPU machine) nothing changes. A process with
 several CPU devices (``--xla_force_host_platform_device_count``) keeps XLA's FFT: their
