@@ -237,14 +237,15 @@ def _cosine_power(psf, n: Sequence[int]):
     data's voxels, twice (the shared light-sheet stack's `epr` peaked at 2.17 GB with it,
     1.54 GB without: docs/performance.md)."""
     h = psf
+    complex_type = jnp.result_type(psf.dtype, jnp.complex64)  # complex128 for a float64 PSF
     factors = []
     for axis, m in enumerate(n):
         p, c = psf.shape[axis], psf.shape[axis] // 2
         x = np.arange(max(0, c - m), min(p, c + m))  # offsets x - c in [-m, m - 1]: what the doubled grid holds
         h = jax.lax.slice_in_dim(h, int(x[0]), int(x[-1]) + 1, axis=axis)
-        factors.append(np.exp(-1j * np.pi * np.outer(x - c, np.arange(m)) / m).astype(np.complex64))
+        factors.append(np.exp(-1j * np.pi * np.outer(x - c, np.arange(m)) / m).astype(complex_type))
     highest = jax.lax.Precision.HIGHEST
-    t = jnp.einsum("abc,ck->abk", h.astype(jnp.complex64), factors[2], precision=highest)
+    t = jnp.einsum("abc,ck->abk", h.astype(complex_type), factors[2], precision=highest)
     t = jnp.einsum("abk,bj->ajk", t, factors[1], precision=highest)
     t = jnp.einsum("ajk,ai->ijk", t, factors[0], precision=highest)
     return t.real * t.real + t.imag * t.imag
