@@ -346,7 +346,8 @@ def test_a_large_volume_is_tuned_on_representative_sub_volumes() -> None:
 
 
 def _search(function, x0: float):
-    """`_root` on a closed-form L(x) (x = log alpha), counting the evaluations."""
+    """`_root` on a closed-form L(x) (x = log alpha): the x chosen, the floor, every x
+    evaluated and those whose slope was asked for."""
     from eprjax._tune import _root
 
     calls, slopes = [], []
@@ -360,8 +361,7 @@ def _search(function, x0: float):
         return value, (function(x + h) - function(x - h)) / (2 * h)
 
     x, floor = _root(evaluate, x0, math.log(1e-9), math.log(10.0), 12)
-    _search.slopes = slopes
-    return x, floor, calls
+    return x, floor, calls, slopes
 
 
 def test_root_search_on_closed_forms() -> None:
@@ -373,14 +373,14 @@ def test_root_search_on_closed_forms() -> None:
     from eprjax._tune import FLOOR_MARGIN, ROOT_BAND, ROOT_TOLERANCE, _NoRoot
 
     root = math.log(1e-4)
-    x, floor, calls = _search(lambda x: ROOT_TOLERANCE + 0.12 * (x - root), math.log(0.1))
+    x, floor, calls, slopes = _search(lambda x: ROOT_TOLERANCE + 0.12 * (x - root), math.log(0.1))
     assert floor is None and abs(x - root) < math.log(1.5) and len(calls) <= 6
     # slopes only until the root is bracketed: not for the trial that brackets it, nor after
     sides = [x > root for x in calls]
-    asked = [calls.index(x) for x in _search.slopes]
+    asked = [calls.index(x) for x in slopes]
     assert asked and all(len(set(sides[: i + 1])) == 1 for i in asked) and len(asked) < len(calls)
     level, alpha0 = 1.3, 1e-3
-    x, floor, calls = _search(lambda x: math.log(level + math.exp(x) / alpha0), math.log(0.05))
+    x, floor, calls, _ = _search(lambda x: math.log(level + math.exp(x) / alpha0), math.log(0.05))
     want = math.log(alpha0 * level * (math.exp(FLOOR_MARGIN) - 1))
     assert floor == pytest.approx(math.log(level), abs=0.03)
     assert abs(x - want) < math.log(1.6) and x > min(calls)

@@ -385,8 +385,8 @@ def _start(g, otf, *, grid: Grid, history_length: int, pre: _Preconditioner | No
         hist = tuple(h.at[0].set(x) for h, x in zip(hist, (zero, jnp.sqrt(gg) / scale, zero, zero), strict=True))
     return _State(
         k=jnp.asarray(0), c=jnp.zeros_like(g), u=u, grad=-g if _inline(pre, spectral) else z, d=-z, v=v, gg=gg,
-        gz=gz, gd=-gz, dd=zz, fv=fv, vv=vv, step=zero, scale=scale, hist=hist, pre=pre, on=jnp.asarray(pre is not None), active=jnp.ones((), dtype),
-        spectral=spectral,
+        gz=gz, gd=-gz, dd=zz, fv=fv, vv=vv, step=zero, scale=scale, hist=hist, pre=pre, on=jnp.asarray(pre is not None),
+        active=jnp.ones((), dtype), spectral=spectral,
     )
 
 
