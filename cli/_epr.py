@@ -38,6 +38,8 @@ from ._tune import NOISE_HELP, NOISE_MODES, Weighing, choose_alpha, noise_weighi
 log = logging.getLogger("eprjax")
 
 AUTO = -1.0  # -sm auto, as a number
+REPORT_INTERVAL = 1.0  # seconds of iterations between progress reports (-V): each report costs the objective's passes over
+# the grids, 5 % of a 0.3 s iteration on the shared light-sheet stack when reported after every one (docs/performance.md)
 NOISE_BYTES_PER_VOXEL = 56  # what measuring the noise (estimate_noise, then the weights) holds per voxel: measured 55.5 (32x512x512)
 SUPER_FACTOR, SUPER_ITERATIONS, SUPER_CONVERGENCE = 2, 300, 0.001  # super_epr's fixed settings (the originals')
 
@@ -228,7 +230,7 @@ def _run(
     with jax.default_device(chosen):
         solution = eprjax.restore(
             volume, h, alpha=alpha, tol=convergence, max_iterations=iterations,
-            pad=pad_zyx, factor=factor, callback=progress, callback_interval=None if RUN.debug else 0.25,
+            pad=pad_zyx, factor=factor, callback=progress, callback_interval=None if RUN.debug else REPORT_INTERVAL,
             weights=None if weighing is None else weighing(volume),
         )
     log.info(
@@ -363,7 +365,7 @@ def _run_segments(
                 progress = Progress(iterations, convergence, f"volume {t + 1}/{source.count}: ")
                 solution = eprjax.restore(
                     volume, h, alpha=alpha, tol=convergence, max_iterations=iterations, pad=plan.pad, factor=factor,
-                    callback=progress, callback_interval=None if RUN.debug else 0.25, throw=False,
+                    callback=progress, callback_interval=None if RUN.debug else REPORT_INTERVAL, throw=False,
                     weights=None if weighing is None else weighing(volume),
                 )
                 log.info("%s", progress.finish(solution))
