@@ -234,6 +234,176 @@ def convolve(x, otf, shape: Sequence[int], *, conjugate: bool = False):
     )
 
 
+# The padded model's convolutions keep or fill only the data's region of the object grid: H f
+# is the convolution cropped to the region, H^T r the correlation of r placed in zeros. A 3-D
+# transform is a pass per axis, so the host FFT prunes them: the inverse transform of the
+# cropped convolution runs along y only on the region's z planes and along x only on its rows
+# within those; the forward transform of the placed r runs along x on r's rows alone and along
+# y on its planes alone, the zeros around never transformed (measured in
+# docs/performance.md). Each is the other's transpose (crop and place are, and the
+# correlation is the convolution's), so each one's reverse-mode rule is the other.
+
+Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (start, stop) per axis (z, y, x)
+
+
+def _region_slices(region: Region) -> tuple[slice, slice, slice]:
+    return tuple(slice(a, b) for a, b in region)  # type: ignore[return-value]
+
+
+def _crop_xla(x, otf, shape, region: Region, conjugate: bool):
+    return _xla(x, otf, shape, conjugate)[(..., *_region_slices(region))]
+
+
+def _place_xla(r, otf, shape, region: Region, conjugate: bool):
+    widths = [(0, 0)] * (r.ndim - 3) + [(a, n - b) for (a, b), n in zip(region, shape, strict=True)]
+    return _xla(jnp.pad(r, widths), otf, shape, conjugate)
+
+
+def _spectra(out: np.ndarray, x: np.ndarray, otf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spectrum buffer for a result ``out`` (its batch), and where ``x``'s own transform
+    goes: the same buffer when x has the result's batch, else an array of x's."""
+    batch = out.shape[:-3]
+    spectrum = _buffer(_SPECTRUM, batch + otf.shape[-3:], np.result_type(otf.dtype, np.complex64))
+    transformed = spectrum if x.shape[:-3] == batch else np.empty(x.shape[:-3] + otf.shape[-3:], spectrum.dtype)
+    return spectrum, transformed
+
+
+def _crop_kernel(out: np.ndarray, x: np.ndarray, otf: np.ndarray, *, shape: tuple[int, ...], region: Region, conjugate: bool) -> None:
+    """The convolution of ``x`` (the whole grid) on the region's z planes and y rows, every x
+    column (``out``; the caller keeps the region's columns). As `_convolve_kernel`, with the
+    inverse transform's passes one axis at a time, each on what the next keeps."""
+    threads = fft_threads()
+    (z0, z1), (y0, y1), _ = region
+    spectrum, transformed = _spectra(out, x, otf)
+    ducc0.fft.r2c(x, axes=_AXES, forward=not conjugate, nthreads=threads, out=transformed)
+    np.multiply(transformed, otf, out=spectrum)
+    ducc0.fft.c2c(spectrum, axes=(-3,), forward=conjugate, inorm=2, nthreads=threads, out=spectrum)
+    planes = spectrum[..., z0:z1, :, :]
+    ducc0.fft.c2c(planes, axes=(-2,), forward=conjugate, inorm=2, nthreads=threads, out=planes)
+    ducc0.fft.c2r(
+        planes[..., y0:y1, :], axes=(-1,), forward=conjugate, lastsize=shape[-1], inorm=2, nthreads=threads, out=out,
+        allow_overwriting_input=True,
+    )
+
+
+def _place_kernel(out: np.ndarray, r: np.ndarray, otf: np.ndarray, *, shape: tuple[int, ...], region: Region, conjugate: bool) -> None:
+    """The convolution of ``r`` placed in zeros on the whole grid (``out``): r holds the
+    region's z planes and y rows, every x column (zero outside the region's: the caller pads
+    x). The forward transform's passes one axis at a time, each on what is not zero yet."""
+    threads = fft_threads()
+    (z0, z1), (y0, y1), _ = region
+    spectrum, transformed = _spectra(out, r, otf)
+    transformed[..., :z0, :, :] = 0
+    transformed[..., z1:, :, :] = 0
+    planes = transformed[..., z0:z1, :, :]
+    planes[..., :y0, :] = 0
+    planes[..., y1:, :] = 0
+    ducc0.fft.r2c(r, axes=(-1,), forward=not conjugate, nthreads=threads, out=planes[..., y0:y1, :])
+    ducc0.fft.c2c(planes, axes=(-2,), forward=not conjugate, nthreads=threads, out=planes)
+    ducc0.fft.c2c(transformed, axes=(-3,), forward=not conjugate, nthreads=threads, out=transformed)
+    np.multiply(transformed, otf, out=spectrum)
+    ducc0.fft.c2r(spectrum, axes=_AXES, forward=conjugate, lastsize=shape[-1], inorm=2, nthreads=threads, out=out, allow_overwriting_input=True)
+
+
+def _crop_call(x, otf, shape, region: Region, conjugate: bool):
+    (z0, z1), (y0, y1), (x0, x1) = region
+    batch = jnp.broadcast_shapes(x.shape[:-3], otf.shape[:-3])
+    result = jax.ShapeDtypeStruct((*batch, z1 - z0, y1 - y0, shape[-1]), x.dtype)
+    kernel = functools.partial(_crop_kernel, shape=tuple(shape), region=region, conjugate=conjugate)
+    return _host_function(kernel, result, x, otf)[..., x0:x1]
+
+
+def _place_call(r, otf, shape, region: Region, conjugate: bool):
+    (x0, x1) = region[2]
+    r = jnp.pad(r, [(0, 0)] * (r.ndim - 1) + [(x0, shape[-1] - x1)])
+    result = jax.ShapeDtypeStruct(jnp.broadcast_shapes(r.shape[:-3], otf.shape[:-3]) + tuple(shape), r.dtype)
+    kernel = functools.partial(_place_kernel, shape=tuple(shape), region=region, conjugate=conjugate)
+    return _host_function(kernel, result, r, otf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _crop_host(x, otf, shape, region, conjugate):
+    return _crop_call(x, otf, shape, region, conjugate)
+
+
+def _crop_host_fwd(x, otf, shape, region, conjugate):
+    return _crop_call(x, otf, shape, region, conjugate), (x, otf)
+
+
+def _crop_host_bwd(shape, region, conjugate, residuals, cotangent):
+    x, otf = residuals
+    dx = _place_call(cotangent, otf, shape, region, not conjugate)
+    _, pullback = jax.vjp(lambda o: _crop_xla(x, o, shape, region, conjugate), otf)
+    return dx, pullback(cotangent)[0]
+
+
+_crop_host.defvjp(_crop_host_fwd, _crop_host_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _place_host(r, otf, shape, region, conjugate):
+    return _place_call(r, otf, shape, region, conjugate)
+
+
+def _place_host_fwd(r, otf, shape, region, conjugate):
+    return _place_call(r, otf, shape, region, conjugate), (r, otf)
+
+
+def _place_host_bwd(shape, region, conjugate, residuals, cotangent):
+    r, otf = residuals
+    dr = _crop_call(cotangent, otf, shape, region, not conjugate)
+    _, pullback = jax.vjp(lambda o: _place_xla(r, o, shape, region, conjugate), otf)
+    return dr, pullback(cotangent)[0]
+
+
+_place_host.defvjp(_place_host_fwd, _place_host_bwd)
+
+
+def _checked_region(region: Sequence[slice] | Region, shape: tuple[int, ...]) -> Region:
+    out = []
+    for part, n in zip(region, shape, strict=True):
+        a, b = (part.start, part.stop) if isinstance(part, slice) else part
+        a, b = int(a), int(b)
+        if not 0 <= a < b <= n:
+            raise ParameterError(f"a region must lie within the grid {shape}, got {tuple(region)}")
+        out.append((a, b))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def convolve_crop(x, otf, shape: Sequence[int], region: Sequence[slice] | Region, *, conjugate: bool = False):
+    """``convolve(x, otf, shape, conjugate=conjugate)`` on ``region`` alone (slices, or (start,
+    stop) per axis, of the last three axes), as the padded model's H keeps the data's region;
+    on the host FFT (pruned) where `convolve` would be. Its transpose in x is `place_convolve`
+    with the conjugate kernel."""
+    shape = tuple(int(n) for n in shape)
+    region = _checked_region(region, shape)
+    if not _on_host(shape, x, otf):
+        return _crop_xla(x, otf, shape, region, conjugate)
+    return jax.lax.platform_dependent(
+        x, otf,
+        cpu=lambda x, otf: _crop_host(x, otf, shape, region, conjugate),
+        default=lambda x, otf: _crop_xla(x, otf, shape, region, conjugate),
+    )
+
+
+def place_convolve(r, otf, shape: Sequence[int], region: Sequence[slice] | Region, *, conjugate: bool = False):
+    """``convolve`` of ``r`` placed at ``region`` of a grid of zeros of ``shape`` (as the padded
+    model's H^T places the data-grid residual, ``conjugate``: correlating); on the host FFT
+    (pruned) where `convolve` would be. Its transpose in r is `convolve_crop` with the
+    conjugate kernel."""
+    shape = tuple(int(n) for n in shape)
+    region = _checked_region(region, shape)
+    if tuple(r.shape[-3:]) != tuple(b - a for a, b in region):
+        raise ParameterError(f"an array of shape {tuple(r.shape[-3:])} cannot be placed at {region}")
+    if not _on_host(shape, r, otf):
+        return _place_xla(r, otf, shape, region, conjugate)
+    return jax.lax.platform_dependent(
+        r, otf,
+        cpu=lambda r, otf: _place_host(r, otf, shape, region, conjugate),
+        default=lambda r, otf: _place_xla(r, otf, shape, region, conjugate),
+    )
+
+
 # The solver's preconditioner on the padded grid (see _restore): M r = C^T (inv C r), with C
 # the orthonormal 3-D DCT-II of the data grid. C is orthogonal, so M is symmetric: its
 # transpose in r is itself. ``inv`` is a constant of the iteration, never differentiated.

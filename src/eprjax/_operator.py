@@ -22,7 +22,7 @@ import numpy as np
 from jaxtyping import Array, Complex, Float
 
 from ._errors import ParameterError
-from ._fft import convolve
+from ._fft import convolve, convolve_crop, place_convolve
 
 SUPPORT_FRACTION = 1e-3  # a PSF plane (or row, column) beyond this share of the brightest is outside its support
 ENERGY_FRACTION = 1e-3  # the default padding reaches where all but this share of the PSF's energy lies
@@ -231,8 +231,9 @@ def forward(
     for a `Weighted` operator, times the root of the weights)."""
     if isinstance(otf, Weighted):
         return otf.root * forward(otf.otf, f, grid)
-    blurred = convolve(f, otf, grid.object_shape)
-    return bin_blocks(blurred if grid.periodic else blurred[grid.data_slices], grid.factor)
+    if grid.periodic:
+        return bin_blocks(convolve(f, otf, grid.object_shape), grid.factor)
+    return bin_blocks(convolve_crop(f, otf, grid.object_shape, grid.data_slices), grid.factor)
 
 
 def adjoint(
@@ -243,9 +244,9 @@ def adjoint(
     if isinstance(otf, Weighted):
         return adjoint(otf.otf, otf.root * r, grid)
     r = spread_blocks(r, grid.factor)
-    if not grid.periodic:
-        r = jnp.pad(r, grid.pad)
-    return convolve(r, otf, grid.object_shape, conjugate=True)
+    if grid.periodic:
+        return convolve(r, otf, grid.object_shape, conjugate=True)
+    return place_convolve(r, otf, grid.object_shape, grid.data_slices, conjugate=True)
 
 
 def power_gain(grid: Grid) -> int:
