@@ -160,7 +160,11 @@ def _slope_terms(w, v, *, count: bool = False):
     """sum max(0, w) v and the sum of v^2 where w > 0 (or w = 0 and v > 0: the slope's
     right derivative), over the object grid; ``count``: also the share of it where w > 0,
     in the same pass."""
-    terms = (jnp.where(w > 0, w * v, 0), jnp.where((w > 0) | ((w == 0) & (v > 0)), v * v, 0))
+    # v where w + 0 v > 0, squared: written so that no part depends on v alone, which XLA
+    # would compute over the grid once before the refine steps' loop (v^2 and v > 0, two
+    # arrays more to read at every step)
+    moving = jnp.where(jnp.where(w == 0, v, w) > 0, v, 0)
+    terms = (jnp.where(w > 0, w * v, 0), moving * moving)
     if not count:
         return _sums(*terms)
     first, second, active = _sums(*terms, (w > 0).astype(w.dtype))
