@@ -12,15 +12,16 @@ with lam = alpha s^2. Phi is strictly convex and piecewise quadratic on the data
 
     grad Phi = H f(c) + lam c - g,     Hessian = lam I + H P H^T  (P: where H^T c > 0).
 
-We minimise Phi by nonlinear conjugate gradients (Polak-Ribiere+), with an exact line search:
-along a direction d, with u = H^T c and v = H^T d kept on the object grid, the slope
+We minimise Phi by nonlinear conjugate gradients (Polak-Ribiere+), with a line search exact for
+practical purposes: along a direction d, with u = H^T c and v = H^T d kept on the object
+grid, the slope
 
     phi'(t) = sum max(0, u + t v) v + lam <c + t d, d> - <g, d>
 
 costs no FFT, so Newton steps on it (the first with the current active set; more, bracketed,
 when the active set changes along the step) find the minimum, to a slope 1 % of the first
-(`LINE_SEARCH_TOLERANCE`). u is updated
-incrementally and v = H^T d computed, so an iteration costs two real-FFT pairs: H f for the
+(`LINE_SEARCH_TOLERANCE`). u is updated incrementally and v = H^T d computed, so an
+iteration costs two real-FFT pairs: H f for the
 gradient and H^T of the new direction. Every `REFRESH` iterations u is recomputed from c, so
 that float32 round-off cannot accumulate. On the periodic grid without weights H is a
 product in the Fourier basis, and the data-grid vectors (c, the gradient, d, g) are kept as
@@ -36,7 +37,7 @@ the cosine basis, whose reflecting boundaries approximate truncation far better 
 around (Ng, Chan and Tang, SIAM J. Sci. Comput. 21, 1999). The direction then comes from
 M grad with M = (sigma + lam + mu s^2)^-1 in that basis (sigma: |OTF|^2 there), mu =
 `PRECONDITION_SHIFT` damping M where the active set leaves P far from I (sparse objects):
-PR+ with M's inner product, the same exact line search, the same minimiser. It costs one
+PR+ with M's inner product, the same line search, the same minimiser. It costs one
 filter per iteration (a real-FFT pair on the data grid, a product on spectra; a DCT pair
 with padding).
 Measured (docs/performance.md): dense objects converge in 3-6x fewer iterations, sparse
@@ -453,7 +454,7 @@ def _step(s: _State, g, otf, lam, *, grid: Grid, track: bool, fixed: bool = Fals
 def _advance(state: _State, g, otf, lam, tol, until, *, grid: Grid, track: bool) -> _State:
     """Iterate until converged, or until ``until`` iterations are done in all.
 
-    Each iteration: an exact line search (its first Newton step from scalars alone, checked
+    Each iteration: the line search (its first Newton step from scalars alone, checked
     in the same pass that moves u; more steps only when the active set changed a lot), then
     the new gradient (one FFT pair) and the new direction with its image v (one FFT pair);
     on spectra (`_spectral`), one FFT each. ``g`` in the state's basis (`_in_basis`).
