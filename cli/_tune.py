@@ -321,6 +321,10 @@ def tune(
         raise typer.BadParameter(f"must be 0 to 100 alphas, got {sweep}", param_hint="-sweep")
     image, _, source, h = read_inputs(input, psf)
     volume = source.volume(0)
+    # the weights from the whole volume, as epr -sm auto has them (their scale, a mean of 1 over
+    # the volume, is part of what alpha means: weighed on the sample alone, the alpha printed
+    # would not be the one epr -sm auto chooses, nor the one to give epr -sm)
+    weighing = noise_weighing(volume, input, noise, gain=gain, read=read, offset=offset)
     pad = None
     if reference is None:
         volume, pad = tuning_sample(volume, h, None, (1, 1, 1))
@@ -330,7 +334,6 @@ def tune(
         ref = ref[None] if ref.ndim == 2 else ref
     if criterion == "reference" and ref is None:
         raise eprjax.ParameterError("-criterion reference needs -reference FILE")
-    weighing = noise_weighing(volume, input, noise, gain=gain, read=read, offset=offset)
     tuning, _, swept = choose_alpha(
         volume, h, image, input, criterion=criterion, gain=gain, read=read, offset=offset, reference=ref, pad=pad,
         tol=convergence, iterations=iterations, start=start, method=method, budget=budget, weighing=weighing, sweep=sweep,

@@ -249,6 +249,30 @@ def test_tune_command_and_epr_sm_auto(tmp_path, capsys) -> None:
     assert cli(["tune", "-psf", str(tmp_path / "psf"), "-criterion", "best", str(tmp_path / "plain")]) == 2
 
 
+def test_tune_prints_the_alpha_epr_sm_auto_chooses(tmp_path, capsys, monkeypatch) -> None:
+    """A volume tuned on sub-volumes, its data term weighted by the noise: `eprjax tune` weighs
+    it as `epr -sm auto` does (1 / variance over the whole volume, to a mean of 1 there: the
+    scale is part of what alpha means), so it prints the alpha epr chooses, the one to give
+    epr -sm. (Weighed on the sub-volumes alone it printed another.)"""
+    import eprjax.cli._tune as tune_cli
+
+    monkeypatch.setattr(tune_cli, "TUNE_VOXELS", 1 << 14)  # a small volume tuned on three 64x64 tiles
+    psf = gaussian_psf((5, 7, 7), (1.2, 1.5, 1.5))
+    truth = np.zeros((6, 130, 130))
+    truth[:, 10:60, 70:120] = 60 * scene((6, 50, 50), seed=2)  # one bright region; the rest dark
+    model = Model(psf, truth.shape, truth.shape, (0, 0, 0))
+    counts = np.random.default_rng(4).poisson(np.maximum(model.forward(truth), 0) + 5.0)
+    eprjax.write(tmp_path / "g.tif", eprjax.Image((counts - 5.0).astype(np.float32)))
+    eprjax.write(tmp_path / "psf.tif", eprjax.Image(psf))
+    assert cli(["tune", "-V", "-noise", "poisson", "-psf", str(tmp_path / "psf.tif"), str(tmp_path / "g.tif")]) == 0
+    out, err = capsys.readouterr()
+    assert "tuning on 3 sub-volumes" in err and "weighted by 1 / variance" in err
+    alpha = float(out.strip())
+    assert cli(["epr", "-noise", "poisson", "-sm", "auto", "-psf", str(tmp_path / "psf.tif"), str(tmp_path / "g.tif"), str(tmp_path / "out.tif")]) == 0
+    line = eprjax.read(tmp_path / "out.tif").history[-1]
+    assert f"alpha {alpha:g} chosen by discrepancy" in line, (alpha, line)
+
+
 @pytest.mark.parametrize("brightness", [20, 200, pytest.param(20000, marks=pytest.mark.slow)])  # the bright case: 25 s, with -m slow
 def test_discrepancy_is_within_five_percent_of_the_best_alpha(brightness) -> None:
     """The issue's bar, on the benchmark's acquisition (benchmarks/tuning.py, smaller): the
