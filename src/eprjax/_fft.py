@@ -321,42 +321,28 @@ def _place_call(r, otf, shape, region: Region, conjugate: bool):
     return _host_function(kernel, result, r, otf)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _crop_host(x, otf, shape, region, conjugate):
-    return _crop_call(x, otf, shape, region, conjugate)
+def _with_transpose(call, transpose, xla):
+    """``call`` (a pruned host convolution) with its reverse-mode rule: in the signal,
+    ``transpose`` with the other kernel orientation; in the OTF, JAX's own through ``xla``."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+    def host(x, otf, shape, region, conjugate):
+        return call(x, otf, shape, region, conjugate)
+
+    def fwd(x, otf, shape, region, conjugate):
+        return call(x, otf, shape, region, conjugate), (x, otf)
+
+    def bwd(shape, region, conjugate, residuals, cotangent):
+        x, otf = residuals
+        _, pullback = jax.vjp(lambda o: xla(x, o, shape, region, conjugate), otf)
+        return transpose(cotangent, otf, shape, region, not conjugate), pullback(cotangent)[0]
+
+    host.defvjp(fwd, bwd)
+    return host
 
 
-def _crop_host_fwd(x, otf, shape, region, conjugate):
-    return _crop_call(x, otf, shape, region, conjugate), (x, otf)
-
-
-def _crop_host_bwd(shape, region, conjugate, residuals, cotangent):
-    x, otf = residuals
-    dx = _place_call(cotangent, otf, shape, region, not conjugate)
-    _, pullback = jax.vjp(lambda o: _crop_xla(x, o, shape, region, conjugate), otf)
-    return dx, pullback(cotangent)[0]
-
-
-_crop_host.defvjp(_crop_host_fwd, _crop_host_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _place_host(r, otf, shape, region, conjugate):
-    return _place_call(r, otf, shape, region, conjugate)
-
-
-def _place_host_fwd(r, otf, shape, region, conjugate):
-    return _place_call(r, otf, shape, region, conjugate), (r, otf)
-
-
-def _place_host_bwd(shape, region, conjugate, residuals, cotangent):
-    r, otf = residuals
-    dr = _crop_call(cotangent, otf, shape, region, not conjugate)
-    _, pullback = jax.vjp(lambda o: _place_xla(r, o, shape, region, conjugate), otf)
-    return dr, pullback(cotangent)[0]
-
-
-_place_host.defvjp(_place_host_fwd, _place_host_bwd)
+_crop_host = _with_transpose(_crop_call, _place_call, _crop_xla)
+_place_host = _with_transpose(_place_call, _crop_call, _place_xla)
 
 
 def _checked_region(region: Sequence[slice] | Region, shape: tuple[int, ...]) -> Region:
@@ -370,20 +356,24 @@ def _checked_region(region: Sequence[slice] | Region, shape: tuple[int, ...]) ->
     return tuple(out)  # type: ignore[return-value]
 
 
+def _on_region(host, xla, x, otf, shape: tuple[int, ...], region: Region, conjugate: bool):
+    """``host`` where the host FFT is chosen and the program runs on a CPU, ``xla`` elsewhere."""
+    if not _on_host(shape, x, otf):
+        return xla(x, otf, shape, region, conjugate)
+    return jax.lax.platform_dependent(
+        x, otf,
+        cpu=lambda x, otf: host(x, otf, shape, region, conjugate),
+        default=lambda x, otf: xla(x, otf, shape, region, conjugate),
+    )
+
+
 def convolve_crop(x, otf, shape: Sequence[int], region: Sequence[slice] | Region, *, conjugate: bool = False):
     """``convolve(x, otf, shape, conjugate=conjugate)`` on ``region`` alone (slices, or (start,
     stop) per axis, of the last three axes), as the padded model's H keeps the data's region;
     on the host FFT (pruned) where `convolve` would be. Its transpose in x is `place_convolve`
     with the conjugate kernel."""
     shape = tuple(int(n) for n in shape)
-    region = _checked_region(region, shape)
-    if not _on_host(shape, x, otf):
-        return _crop_xla(x, otf, shape, region, conjugate)
-    return jax.lax.platform_dependent(
-        x, otf,
-        cpu=lambda x, otf: _crop_host(x, otf, shape, region, conjugate),
-        default=lambda x, otf: _crop_xla(x, otf, shape, region, conjugate),
-    )
+    return _on_region(_crop_host, _crop_xla, x, otf, shape, _checked_region(region, shape), conjugate)
 
 
 def place_convolve(r, otf, shape: Sequence[int], region: Sequence[slice] | Region, *, conjugate: bool = False):
@@ -395,13 +385,7 @@ def place_convolve(r, otf, shape: Sequence[int], region: Sequence[slice] | Regio
     region = _checked_region(region, shape)
     if tuple(r.shape[-3:]) != tuple(b - a for a, b in region):
         raise ParameterError(f"an array of shape {tuple(r.shape[-3:])} cannot be placed at {region}")
-    if not _on_host(shape, r, otf):
-        return _place_xla(r, otf, shape, region, conjugate)
-    return jax.lax.platform_dependent(
-        r, otf,
-        cpu=lambda r, otf: _place_host(r, otf, shape, region, conjugate),
-        default=lambda r, otf: _place_xla(r, otf, shape, region, conjugate),
-    )
+    return _on_region(_place_host, _place_xla, r, otf, shape, region, conjugate)
 
 
 # The solver's preconditioner on the padded grid (see _restore): M r = C^T (inv C r), with C
