@@ -175,15 +175,22 @@ def _host_function(kernel, result, *args, aliases: dict[int, int] | None = None)
     return buffer_callback(call, result, vmap_method="expand_dims", input_output_aliases=aliases)(*args)
 
 
+def _spectra(out: np.ndarray, x: np.ndarray, otf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spectrum buffer for a result ``out`` (its batch), and where ``x``'s own transform
+    goes: the same buffer when x has the result's batch, else an array of x's."""
+    batch = out.shape[:-3]
+    spectrum = _buffer(_SPECTRUM, batch + otf.shape[-3:], np.result_type(otf.dtype, np.complex64))
+    transformed = spectrum if x.shape[:-3] == batch else np.empty(x.shape[:-3] + otf.shape[-3:], spectrum.dtype)
+    return spectrum, transformed
+
+
 def _convolve_kernel(out: np.ndarray, x: np.ndarray, otf: np.ndarray, *, shape: tuple[int, ...], conjugate: bool) -> None:
     """The convolution in NumPy with ducc0's FFTs. For the correlation, the backward real
     transform of a real x is the conjugate of its forward one, so conj(X) otf comes out of
     the same passes, and its transform forward is the backward transform of X conj(otf): no
     pass of its own."""
     threads = fft_threads()
-    batch = out.shape[:-3]
-    spectrum = _buffer(_SPECTRUM, batch + otf.shape[-3:], np.result_type(otf.dtype, np.complex64))
-    transformed = spectrum if x.shape[:-3] == batch else np.empty(x.shape[:-3] + otf.shape[-3:], spectrum.dtype)
+    spectrum, transformed = _spectra(out, x, otf)
     ducc0.fft.r2c(x, axes=_AXES, forward=not conjugate, nthreads=threads, out=transformed)
     np.multiply(transformed, otf, out=spectrum)
     ducc0.fft.c2r(spectrum, axes=_AXES, forward=conjugate, lastsize=shape[-1], inorm=2, nthreads=threads, out=out, allow_overwriting_input=True)
@@ -257,15 +264,6 @@ def _crop_xla(x, otf, shape, region: Region, conjugate: bool):
 def _place_xla(r, otf, shape, region: Region, conjugate: bool):
     widths = [(0, 0)] * (r.ndim - 3) + [(a, n - b) for (a, b), n in zip(region, shape, strict=True)]
     return _xla(jnp.pad(r, widths), otf, shape, conjugate)
-
-
-def _spectra(out: np.ndarray, x: np.ndarray, otf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The spectrum buffer for a result ``out`` (its batch), and where ``x``'s own transform
-    goes: the same buffer when x has the result's batch, else an array of x's."""
-    batch = out.shape[:-3]
-    spectrum = _buffer(_SPECTRUM, batch + otf.shape[-3:], np.result_type(otf.dtype, np.complex64))
-    transformed = spectrum if x.shape[:-3] == batch else np.empty(x.shape[:-3] + otf.shape[-3:], spectrum.dtype)
-    return spectrum, transformed
 
 
 def _crop_kernel(out: np.ndarray, x: np.ndarray, otf: np.ndarray, *, shape: tuple[int, ...], region: Region, conjugate: bool) -> None:

@@ -21,9 +21,9 @@ grid, the slope
 costs no FFT, so Newton steps on it (the first with the current active set; more, bracketed,
 when the active set changes along the step) find the minimum, to a slope 1 % of the first
 (`LINE_SEARCH_TOLERANCE`). u is updated incrementally and v = H^T d computed, so an
-iteration costs two real-FFT pairs: H f for the
-gradient and H^T of the new direction. Every `REFRESH` iterations u is recomputed from c, so
-that float32 round-off cannot accumulate. On the periodic grid without weights H is a
+iteration costs two real-FFT pairs: H f for the gradient and H^T of the new direction.
+Every `REFRESH` iterations u is recomputed from c, so that float32 round-off cannot
+accumulate. On the periodic grid without weights H is a
 product in the Fourier basis, and the data-grid vectors (c, the gradient, d, g) are kept as
 their orthonormal real FFTs (`_spectral`): H f is then one forward FFT, H^T d one inverse,
 the inner products sums over the half spectrum (Parseval), one FFT pair per iteration in all
@@ -161,9 +161,9 @@ def _slope_terms(w, v, *, count: bool = False):
     """sum max(0, w) v and the sum of v^2 where w > 0 (or w = 0 and v > 0: the slope's
     right derivative), over the object grid; ``count``: also the share of it where w > 0,
     in the same pass."""
-    # v where w + 0 v > 0, squared: written so that no part depends on v alone, which XLA
-    # would compute over the grid once before the refine steps' loop (v^2 and v > 0, two
-    # arrays more to read at every step)
+    # v where w > 0 (or w = 0 and v > 0), squared: written so that no part depends on v
+    # alone, which XLA would compute over the grid once before the refine steps' loop (v^2
+    # and v > 0: two arrays more to read at every step)
     moving = jnp.where(jnp.where(w == 0, v, w) > 0, v, 0)
     terms = (jnp.where(w > 0, w * v, 0), moving * moving)
     if not count:
