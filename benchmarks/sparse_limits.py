@@ -45,7 +45,7 @@ import scipy.ndimage as ndi
 
 import eprjax
 from eprjax import _restore
-from eprjax._operator import default_pad, make_grid
+from eprjax._operator import centre_psf, default_pad, make_grid
 from preconditioner import gaussian_psf, image
 
 WORKERS = os.cpu_count() or 1
@@ -60,10 +60,9 @@ def irfft(x, shape):
 
 
 def periodic_otf(psf, shape):
-    """The PSF's unnormalised real FFT on the periodic grid ``shape``, its centre at the origin."""
-    placed = np.zeros(shape)
-    placed[tuple(slice(0, n) for n in psf.shape)] = psf
-    return sf.rfftn(np.roll(placed, [-(n // 2) for n in psf.shape], axis=(0, 1, 2)))
+    """The PSF's unnormalised real FFT on the periodic grid ``shape``, placed as eprjax places
+    it (`centre_psf`), its centre moved to the origin."""
+    return sf.rfftn(np.fft.ifftshift(np.asarray(centre_psf(psf, shape), np.float64)))
 
 
 def cg(apply, rhs, tol, *, precondition=None, done=None, limit=3000):
@@ -237,6 +236,8 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-3)
     args = parser.parse_args()
     shape = tuple(int(x) for x in args.shape.split(","))
+    if len(shape) != 3 or shape[0] % 4 or shape[1] % 2 or shape[2] % 2:
+        raise SystemExit("--shape: three sizes, z a multiple of 4 and y, x even (the coarse grids halve them)")
     psf = gaussian_psf((31, 31, 31), (4, 1.5, 1.5))
     g = image(shape, "beads", psf)
     print(f"Sparse beads {'x'.join(map(str, shape))}, alpha {args.alpha:g}, tolerance {args.tol:g}; "
@@ -244,7 +245,7 @@ def main() -> None:
     warm_starts(g, psf, args.alpha, args.tol)
     f = np.asarray(eprjax.restore(g, psf, alpha=args.alpha, tol=1e-6, max_iterations=5000, pad=0).value)
     active = f > 0
-    otf = periodic_otf(psf.astype(np.float64), shape)
+    otf = periodic_otf(psf, shape)
     lam = args.alpha * float(psf.sum(dtype=np.float64)) ** 2
     acf = sf.irfftn(np.abs(otf) ** 2, shape)
     gram = spectrum(active, acf, lam)
